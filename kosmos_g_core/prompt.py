@@ -95,8 +95,9 @@ class InterleavedPrompt:
 
     Build it from its textual form with :meth:`from_text`, or from segments directly:
     ``InterleavedPrompt(("a photo of ", PromptImage(dog), " on the beach"))``. Raw images in ``segments`` are
-    wrapped in :class:`PromptImage`. Text segments may not contain ``<i>`` (it would be ambiguous in the textual
-    form).
+    wrapped in :class:`PromptImage`. A text segment built this way is taken literally, even if it contains ``<i>``
+    (an HTML italic tag in a web caption, say): only :meth:`from_text` turns placeholders into images, and the
+    textual form (:attr:`text`) of such a prompt no longer round-trips.
     """
 
     segments: tuple[str | PromptImage, ...] = ()
@@ -107,11 +108,6 @@ class InterleavedPrompt:
         normalized: list[str | PromptImage] = []
         for position, segment in enumerate(self.segments):
             if isinstance(segment, str):
-                if PLACEHOLDER in segment:
-                    raise PromptError(
-                        f"text segment {position} ({segment!r}) contains the placeholder {PLACEHOLDER}; "
-                        "use InterleavedPrompt.from_text to turn placeholders into images"
-                    )
                 if segment:
                     normalized.append(segment)
             else:
