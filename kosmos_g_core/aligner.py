@@ -1,0 +1,103 @@
+"""AlignerNet: maps MLLM hidden states into the input space of SD1.5's CLIP text encoder.
+
+Follows `kosmos-g/unilm/models/aligner.py` on the bundled torchscale (reference/kosmos_g.md §4.3). Encoder M:
+`encoder_proj` (Linear 2048 -> 768 + learned positions, a padded bidirectional Sub-LN encoder) then 77 learned
+queries through a non-causal query decoder (`encoder`) -> (B, 77, 768), the U-Net's cross-attention context.
+Decoder N (stage 2 only) reconstructs the MLLM states from those 77 tokens, to keep them discriminative.
+All dropouts of AlignerNet are 0 in the official config.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import AlignerConfig
+from .layers import LayerStack, Ops, TransformerLayer, factory, key_padding_mask
+
+
+class PositionalEncoder(nn.Module):
+    """torchscale Encoder with learned positions (row 2 + t for token t, not pad-aware), padded tokens zeroed
+    before the layers and masked as keys, and a final LayerNorm. `in_dim` adds the input projection
+    `embed_tokens`; `out_dim` adds `output_projection`."""
+
+    def __init__(self, cfg: AlignerConfig, *, in_dim: int | None = None, out_dim: int | None = None,
+                 dtype=None, device=None, ops: Ops = nn):
+        super().__init__()
+        f = factory(dtype, device)
+        self.embed_tokens = ops.Linear(in_dim, cfg.dim, **f) if in_dim else None
+        self.embed_positions = ops.Embedding(cfg.max_positions, cfg.dim, **f)
+        self.layers = LayerStack(
+            TransformerLayer(cfg.dim, cfg.heads, cfg.ffn_dim, ops=ops, **f) for _ in range(cfg.encoder_layers)
+        )
+        self.layer_norm = ops.LayerNorm(cfg.dim, **f)
+        self.output_projection = ops.Linear(cfg.dim, out_dim, **f) if out_dim else None
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, in_dim or dim) [+ pad (B, T) True at pads] -> (B, T, dim or out_dim)."""
+        T = x.shape[1]
+        if T + 2 > self.embed_positions.weight.shape[0]:
+            raise ValueError(f"AlignerNet takes at most {self.embed_positions.weight.shape[0] - 2} tokens, got {T}")
+        if self.embed_tokens is not None:
+            x = self.embed_tokens(x)  # (B, T, dim)
+        positions = torch.arange(2, T + 2, device=x.device)
+        x = x + self.embed_positions(positions).to(x.dtype)
+        mask = None
+        if pad is not None:
+            x = x * (~pad)[..., None].to(x.dtype)
+            mask = key_padding_mask(pad)
+        x = self.layer_norm(self.layers.run(x, attn_mask=mask))
+        return self.output_projection(x) if self.output_projection is not None else x
+
+
+class QueryDecoder(nn.Module):
+    """torchscale Decoder in encoder-decoder mode, fed learned queries (no positions, no causal mask)."""
+
+    def __init__(self, cfg: AlignerConfig, *, dtype=None, device=None, ops: Ops = nn):
+        super().__init__()
+        f = factory(dtype, device)
+        self.layers = LayerStack(
+            TransformerLayer(cfg.dim, cfg.heads, cfg.ffn_dim, cross_attention=True, ops=ops, **f)
+            for _ in range(cfg.decoder_layers)
+        )
+        self.layer_norm = ops.LayerNorm(cfg.dim, **f)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor | None = None):
+        """queries (B, Q, dim), memory (B, T, dim) -> (B, Q, dim)."""
+        mask = key_padding_mask(memory_pad) if memory_pad is not None else None
+        return self.layer_norm(self.layers.run(queries, memory=memory, memory_mask=mask))
+
+
+class AlignerNet(nn.Module):
+    """`aligner` of the official checkpoint: encoder M, and decoder N when `cfg.with_decoder`."""
+
+    def __init__(self, cfg: AlignerConfig, mllm_dim: int, *, dtype=None, device=None, ops: Ops = nn):
+        super().__init__()
+        f = factory(dtype, device)
+        self.config = cfg
+        self.encoder_proj = PositionalEncoder(cfg, in_dim=mllm_dim, ops=ops, **f)
+        self.encoder_query = nn.Parameter(torch.empty(cfg.num_queries, cfg.dim, **f))
+        self.encoder = QueryDecoder(cfg, ops=ops, **f)
+        if cfg.with_decoder:
+            self.decoder_query = nn.Parameter(torch.empty(cfg.max_positions, cfg.dim, **f))
+            self.decoder = QueryDecoder(cfg, ops=ops, **f)
+            self.decoder_proj = PositionalEncoder(cfg, out_dim=mllm_dim, ops=ops, **f)
+        if self.encoder_query.device.type != "meta":
+            for p in self.queries():
+                nn.init.normal_(p, std=cfg.dim**-0.5)
+
+    def queries(self) -> list[nn.Parameter]:
+        return [self.encoder_query] + ([self.decoder_query] if self.config.with_decoder else [])
+
+    def forward(self, hidden: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """M: MLLM states (B, T, mllm_dim), pad (B, T) -> conditioning (B, 77, dim)."""
+        h = self.encoder_proj(hidden, pad)  # (B, T, dim), pads zeroed
+        queries = self.encoder_query.to(h).expand(h.shape[0], -1, -1)  # (B, 77, dim)
+        return self.encoder(queries, h, pad)
+
+    def reconstruct(self, z: torch.Tensor, length: int) -> torch.Tensor:
+        """N: conditioning (B, 77, dim) -> reconstructed MLLM states (B, length, mllm_dim). Stage 2 only."""
+        if not self.config.with_decoder:
+            raise RuntimeError("this AlignerNet has no decoder N (build it with AlignerConfig(with_decoder=True))")
+        queries = self.decoder_query[:length].to(z).expand(z.shape[0], -1, -1)  # (B, T, dim)
+        return self.decoder_proj(self.decoder(queries, z))
