@@ -1,0 +1,68 @@
+"""Per-sample features -> the batch dict of each stage (training_api.md).
+
+* stage1: tokens (B,T) long, image_mask (B,T) bool, pixels (N,3,S,S), loss_mask (B,T) bool, source list[str]
+* stage2: tokens (B,T) long, captions list[str], source list[str]
+* stage3: tokens, image_mask, pixels, target (B,3,R,R) in [-1,1], source list[str], prompt list[str] (textual
+  form with ``<i>``), entity_masks list[(E_i,R,R)], entity_token_index list[list[LongTensor]]
+
+Tokens are right-padded with ``<pad>`` (1); pixels are ordered by sample, then by occurrence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kosmos_g_core.tokenizer import KosmosTokenizer
+
+from .features import Features
+
+
+def _pad(features: Sequence[Features], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(f.ids) for f in features)
+    tokens = torch.full((len(features), length), pad_id, dtype=torch.long)
+    image_mask = torch.zeros((len(features), length), dtype=torch.bool)
+    for row, f in enumerate(features):
+        tokens[row, : len(f.ids)] = torch.tensor(f.ids, dtype=torch.long)
+        image_mask[row, : len(f.ids)] = torch.tensor(f.image_mask, dtype=torch.bool)
+    return tokens, image_mask
+
+
+def _pixels(features: Sequence[Features], image_size: int) -> torch.Tensor:
+    images = [p for f in features for p in f.pixels]
+    if not images:
+        return torch.zeros(0, 3, image_size, image_size)
+    return torch.stack(images)
+
+
+def next_token_loss_mask(tokens: torch.Tensor, image_mask: torch.Tensor, tokenizer: KosmosTokenizer) -> torch.Tensor:
+    """(B,T) bool: True where the NEXT token is a text target. Targets that are image markup (the first
+    ``<image>`` and the 64 slots) or padding are excluded, as the official loss mask excludes them; ``</image>``
+    and ``</s>`` count as text."""
+    next_tokens = tokens[:, 1:]
+    targets = (next_tokens != tokenizer.PAD) & ~image_mask[:, 1:] & (next_tokens != tokenizer.BOI)
+    return torch.cat([targets, torch.zeros_like(targets[:, :1])], dim=1)
+
+
+def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer, image_size: int) -> dict[str, Any]:
+    """The batch dict of ``stage`` from the features of its samples."""
+    tokens, image_mask = _pad(features, tokenizer.PAD)
+    source = [f.source for f in features]
+    if stage == "stage2":
+        return {"tokens": tokens, "captions": [f.caption or "" for f in features], "source": source}
+    batch: dict[str, Any] = {
+        "tokens": tokens,
+        "image_mask": image_mask,
+        "pixels": _pixels(features, image_size),
+        "source": source,
+        "prompt": [f.prompt for f in features],
+    }
+    if stage == "stage1":
+        batch["loss_mask"] = next_token_loss_mask(tokens, image_mask, tokenizer)
+        return batch
+    batch["target"] = torch.stack([f.target for f in features])
+    batch["entity_masks"] = [f.entity_masks for f in features]
+    batch["entity_token_index"] = [list(f.entity_token_index) for f in features]
+    return batch
