@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import pytest
@@ -174,3 +175,9 @@ def test_dictionary_overwrite_flag(small_spm):
     tok = KosmosTokenizer.from_bytes(spm_bytes, "\n".join([*lines, f"{first_piece} 1 #fairseq:overwrite"]).encode())
     assert tok.index(first_piece) == 4 + len(lines)
     assert tok.MASK == 5 + len(lines)
+
+
+def test_pickles_for_data_loader_workers(kosmos_tokenizer):
+    clone = pickle.loads(pickle.dumps(kosmos_tokenizer))
+    assert clone.encode("a dog swimming underwater") == [10, 1133, 4569, 12888]
+    assert clone.BOI == 64003 and clone.spm_bytes == kosmos_tokenizer.spm_bytes
