@@ -184,9 +184,15 @@ class KosmosTokenizer:
         return cls(spm_bytes, dict_bytes, spm_source=str(spm_path), dict_source=str(dict_path))
 
     @classmethod
-    def from_bytes(cls, spm_bytes: bytes, dict_bytes: bytes) -> KosmosTokenizer:
-        """Rebuild from the raw file contents (as embedded in a checkpoint)."""
-        return cls(spm_bytes, dict_bytes)
+    def from_bytes(cls, spm_bytes: bytes, dict_bytes: bytes, source: str | None = None) -> KosmosTokenizer:
+        """Rebuild from the raw file contents (as embedded in a checkpoint).
+
+        ``source`` (for example the checkpoint's path) names where the bytes came from in error messages.
+        """
+        where = "<bytes>" if source is None else str(source)
+        return cls(
+            spm_bytes, dict_bytes, spm_source=f"{where} (SentencePiece model)", dict_source=f"{where} (dict.txt)"
+        )
 
     @property
     def vocab_size(self) -> int:

@@ -181,3 +181,10 @@ def test_pickles_for_data_loader_workers(kosmos_tokenizer):
     clone = pickle.loads(pickle.dumps(kosmos_tokenizer))
     assert clone.encode("a dog swimming underwater") == [10, 1133, 4569, 12888]
     assert clone.BOI == 64003 and clone.spm_bytes == kosmos_tokenizer.spm_bytes
+
+
+def test_from_bytes_errors_name_the_source(kosmos_tokenizer):
+    with pytest.raises(TokenizerError, match=r"model\.safetensors \(SentencePiece model\): not a valid"):
+        KosmosTokenizer.from_bytes(b"junk", kosmos_tokenizer.dict_bytes, source="model.safetensors")
+    with pytest.raises(TokenizerError, match=r"model\.safetensors \(dict\.txt\), line 1"):
+        KosmosTokenizer.from_bytes(kosmos_tokenizer.spm_bytes, b"nonsense", source="model.safetensors")
