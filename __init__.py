@@ -1,0 +1,15 @@
+"""KOSMOS-G for ComfyUI: the pack's entry point (ComfyUI imports this file as a package).
+
+Importing it registers the `kosmos_g` model folder with ComfyUI (merged with extra_model_paths.yaml entries) and
+nothing else; ComfyUI then calls `comfy_entrypoint()` for the node list (V3 API). There is deliberately no
+NODE_CLASS_MAPPINGS: a module that has one is loaded as a V1 pack and its comfy_entrypoint is ignored.
+"""
+
+import folder_paths
+
+from .nodes.extension import comfy_entrypoint
+from .nodes.model_folder import register_model_folder
+
+register_model_folder(folder_paths)
+
+__all__ = ["comfy_entrypoint"]

@@ -1,0 +1,97 @@
+"""Loading KOSMOS-G under ComfyUI's model management, and encoding with it (imports comfy: ComfyUI only).
+
+The core model is built on the text-encoder offload device in the chosen dtype, with ComfyUI's layer classes
+(`comfy.ops`) so the ModelPatcher can split it across devices in low-VRAM mode, and wrapped in a ModelPatcher.
+Every encode calls `load_models_gpu`, which moves the weights to the text-encoder device (freeing room by
+offloading other models if needed); ComfyUI moves them off again when the U-Net needs the memory. Outputs are
+returned on ComfyUI's intermediate device and dtype, like CLIPTextEncode's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import torch
+
+from ..kosmos_g_core.checkpoint import CheckpointError, load_checkpoint, read_header
+from ..kosmos_g_core.model import KosmosG
+from .load_errors import mllm_only_message, not_kosmos_message
+from .precision import dtype_from_choice
+from .prompt_inputs import Prompts, check_lengths, text_prompt
+
+log = logging.getLogger(__name__)
+
+
+class KosmosGModel:
+    """The value of a KOSMOS_G socket: the core model in a ModelPatcher, plus the file it came from."""
+
+    def __init__(self, patcher: comfy.model_patcher.ModelPatcher, name: str):
+        self.patcher = patcher
+        self.name = name
+
+    @property
+    def model(self) -> KosmosG:
+        return self.patcher.model
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest prompt the model reads: the MLLM's positions, and the AlignerNet's position table."""
+        config = self.model.config
+        limits = [config.mllm.max_positions]
+        if config.aligner is not None:
+            limits.append(config.aligner.max_positions)
+        return min(limits)
+
+    def encode(self, prompts: Prompts, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts (B of them) -> (cond, uncond), both (B, 77, 768) on the intermediate device.
+
+        uncond is KOSMOS-G's null embedding M(MLLM([<s>])), or of [<s>] + `negative` when a negative text is given.
+        """
+        model = self.model
+        image_tokens = model.config.image_tokens
+        check_lengths(prompts, model.tokenizer, self.max_tokens, image_tokens)
+        if negative:
+            check_lengths(text_prompt(negative), model.tokenizer, self.max_tokens, image_tokens)
+        mm.load_models_gpu([self.patcher])
+        result = model.encode(list(prompts), negative=negative or None)
+        device, dtype = mm.intermediate_device(), mm.intermediate_dtype()
+        return result.cond.to(device=device, dtype=dtype), result.uncond.to(device=device, dtype=dtype)
+
+
+def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
+                  progress: Callable[[int, int], None] | None = None) -> KosmosGModel:
+    """Read `path` (a pack checkpoint) into a ModelPatcher. Errors say what the file is and where it belongs."""
+    steps = 3
+    report = progress or (lambda done, total: None)
+    try:
+        config, _ = read_header(path)
+    except CheckpointError as e:
+        raise CheckpointError(not_kosmos_message(str(e), folders)) from None
+    if config.aligner is None:
+        raise CheckpointError(mllm_only_message(path))
+    report(1, steps)
+
+    load_device = mm.text_encoder_device()
+    offload_device = mm.text_encoder_offload_device()
+    dtype = dtype_from_choice(dtype_choice, mm.text_encoder_dtype(load_device))
+    if not mm.supports_cast(load_device, dtype):
+        log.warning("KOSMOS-G: %s cannot hold %s weights; using fp32", load_device, dtype)
+        dtype = torch.float32
+    # The core computes in the dtype of its weights, so no per-layer casting is needed: disable_weight_init skips
+    # the random init (weights come from the file) and still lets the ModelPatcher stream layers in low-VRAM mode.
+    ops = comfy.ops.disable_weight_init
+    try:
+        model = load_checkpoint(path, dtype=dtype, device=offload_device, ops=ops)
+    except CheckpointError as e:
+        raise CheckpointError(not_kosmos_message(str(e), folders)) from None
+    report(2, steps)
+
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    report(3, steps)
+    log.info("KOSMOS-G %s: %s weights, load device %s, offload device %s", name, dtype, load_device, offload_device)
+    return KosmosGModel(patcher, name)

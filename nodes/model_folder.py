@@ -1,0 +1,43 @@
+"""The `models/kosmos_g/` folder: registration with ComfyUI's `folder_paths`, and where-to-look text for errors.
+
+Registration follows `folder_paths.add_model_folder_path` semantics on purpose: ComfyUI reads
+`extra_model_paths.yaml` before it imports custom nodes, so a `kosmos_g:` key there has already created the entry
+(with an empty extension set, meaning "any file"). Appending our default folder to that entry, instead of replacing
+it, keeps both the user's folders and `models/kosmos_g/` (the bug other packs had: a yaml entry knocked out the
+default folder). The module takes `folder_paths` as an argument so it can be tested without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+FOLDER_NAME = "kosmos_g"
+# The pack's checkpoints are single safetensors files; `.sft` is the short spelling ComfyUI also accepts.
+EXTENSIONS = frozenset({".safetensors", ".sft"})
+
+
+def default_folder(folder_paths: ModuleType) -> str:
+    """`<ComfyUI>/models/kosmos_g` (honours `--base-directory` / `--models-directory`)."""
+    return os.path.join(folder_paths.models_dir, FOLDER_NAME)
+
+
+def register_model_folder(folder_paths: ModuleType) -> None:
+    """Add `models/kosmos_g` to the `kosmos_g` folder type, keeping paths that extra_model_paths.yaml put there.
+
+    Folders from the yaml come first (the user chose them), the default folder last; the extension set becomes
+    `.safetensors`/`.sft` plus whatever a previous registration allowed.
+    """
+    folder_paths.add_model_folder_path(FOLDER_NAME, default_folder(folder_paths))
+    paths, extensions = folder_paths.folder_names_and_paths[FOLDER_NAME]
+    # An entry created by the yaml has an empty set (= every file); narrow it to model files so the dropdown does not
+    # list README.txt and friends. A non-empty set from elsewhere is widened, never narrowed.
+    merged = set(extensions) | set(EXTENSIONS)
+    folder_paths.folder_names_and_paths[FOLDER_NAME] = (paths, merged)
+
+
+def searched_folders_text(folders: list[str]) -> str:
+    """A one-line list of the folders searched, for error messages."""
+    if not folders:
+        return "no folder is registered for 'kosmos_g'"
+    return ", ".join(folders)
