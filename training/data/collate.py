@@ -5,6 +5,7 @@
 * stage3: tokens, image_mask, pixels, target (B,3,R,R) in [-1,1], source list[str], prompt list[str] (textual
   form with ``<i>``), entity_masks list[(E_i,R,R)], entity_token_index list[list[LongTensor]]
 
+Every stage also has ``keys`` (list[str], ``shard#key`` of each sample, for debugging and tests).
 Tokens are right-padded with ``<pad>`` (1); pixels are ordered by sample, then by occurrence.
 """
 
@@ -50,13 +51,15 @@ def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer
     """The batch dict of ``stage`` from the features of its samples."""
     tokens, image_mask = _pad(features, tokenizer.PAD)
     source = [f.source for f in features]
+    keys = [f.key for f in features]
     if stage == "stage2":
-        return {"tokens": tokens, "captions": [f.caption or "" for f in features], "source": source}
+        return {"tokens": tokens, "captions": [f.caption or "" for f in features], "source": source, "keys": keys}
     batch: dict[str, Any] = {
         "tokens": tokens,
         "image_mask": image_mask,
         "pixels": _pixels(features, image_size),
         "source": source,
+        "keys": keys,
         "prompt": [f.prompt for f in features],
     }
     if stage == "stage1":

@@ -127,7 +127,9 @@ def parse_data_config(stage: str, data_cfg: Mapping[str, Any]) -> DataConfig:
             raise DataConfigError(f"{where} has unknown keys {sorted(bad)} (known: {sorted(_SOURCE_KEYS)})")
         kind = raw.get("kind")
         if kind not in STAGE_KINDS[stage]:
-            raise DataConfigError(f"{where}: kind {kind!r} is not read by {stage} (expected one of {STAGE_KINDS[stage]})")
+            raise DataConfigError(
+                f"{where}: kind {kind!r} is not read by {stage} (expected one of {STAGE_KINDS[stage]})"
+            )
         if "shards" not in raw:
             raise DataConfigError(f"{where} has no shards (a webdataset brace pattern or a list of .tar paths)")
         default_weight = DEFAULT_WEIGHTS.get(kind, 1.0) if stage == "stage3" else 1.0

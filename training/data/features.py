@@ -48,6 +48,7 @@ class Features:
     image_mask: list[bool]
     source: str
     prompt: str
+    key: str = ""
     pixels: list[torch.Tensor] = field(default_factory=list)
     caption: str | None = None
     target: torch.Tensor | None = None
@@ -71,6 +72,7 @@ def sample_features(ctx: FeatureContext, source: SourceConfig, raw: RawSample, r
     """Features of ``raw`` for ``ctx.stage``; raises SampleError (counted, the sample is skipped) when unusable."""
     builder = _BUILDERS[(ctx.stage, source.kind)]
     features = builder(ctx, source, raw, rng)
+    features.key = f"{raw.url}#{raw.key}"
     if len(features.ids) > ctx.config.max_tokens:
         raise SampleError(
             "skipped_too_long", f"sample {raw.key!r}: {len(features.ids)} tokens > max_tokens {ctx.config.max_tokens}"

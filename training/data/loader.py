@@ -331,7 +331,9 @@ def build_dataloader(
     if len(missing) == sum(len(paths) for paths in shards):
         raise ShardError(f"none of the shard files exist (first: {missing[0]}); check [data.sources] shards")
     if missing:
-        log.warning("%d shard files do not exist (first: %s); they will be skipped and counted", len(missing), missing[0])
+        log.warning(
+            "%d shard files do not exist (first: %s); they will be skipped and counted", len(missing), missing[0]
+        )
     plan = LoaderPlan(
         stage=stage,
         config=config,
