@@ -1,0 +1,317 @@
+"""The frozen Stable Diffusion 1.5 parts the trainer needs, loaded offline from the user's own files.
+
+Two layouts are accepted for `[sd15] path`:
+* a diffusers folder: `unet/`, `vae/`, `scheduler/`, `text_encoder/` (config.json + weights) and `tokenizer/`
+  (vocab.json + merges.txt), e.g. a saved `StableDiffusionPipeline`;
+* a single-file SD1.5 checkpoint (`.safetensors`, or `.ckpt` read with weights_only): the U-Net and VAE go through
+  diffusers' `from_single_file` with the SD1.5 `v1-inference.yaml` values given here as a dict, so nothing is
+  fetched; the CLIP text encoder is built from the `cond_stage_model.transformer.text_model.*` tensors with a config
+  inferred from their shapes. A single file holds no CLIP BPE vocabulary, so `[sd15] tokenizer` must then name a
+  folder with vocab.json + merges.txt (ComfyUI ships one in `comfy/sd1_tokenizer/`) or open_clip's
+  `bpe_simple_vocab_16e6.txt.gz`.
+
+Nothing here touches a model hub: every `from_pretrained` call is given a local folder and local_files_only=True.
+`python -m training.sd15 --write-tiny DIR` writes a tiny random SD1.5-like diffusers folder for smoke runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+CLIP_MAX_LENGTH = 77
+
+# Values of Stable Diffusion's configs/stable-diffusion/v1-inference.yaml that diffusers' single-file conversion reads.
+SD15_ORIGINAL_CONFIG = {
+    "model": {
+        "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+        "params": {
+            "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "timesteps": 1000,
+            "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
+            "cond_stage_trainable": False, "conditioning_key": "crossattn", "scale_factor": 0.18215,
+            "use_ema": False,
+            "unet_config": {
+                "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                "params": {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+                           "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4],
+                           "num_heads": 8, "use_spatial_transformer": True, "transformer_depth": 1,
+                           "context_dim": 768, "use_checkpoint": True, "legacy": False},
+            },
+            "first_stage_config": {
+                "target": "ldm.models.autoencoder.AutoencoderKL",
+                "params": {"embed_dim": 4,
+                           "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
+                                        "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                                        "attn_resolutions": [], "dropout": 0.0}},
+            },
+            "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"},
+        },
+    },
+}
+
+# SD1.5's scheduler_config.json (DDPM training schedule).
+SD15_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
+                  "steps_offset": 1, "prediction_type": "epsilon"}
+
+
+@dataclass
+class SD15Parts:
+    """Whatever of SD1.5 a stage asked for; all modules frozen (requires_grad False) and in eval mode."""
+    text_encoder: nn.Module | None = None
+    tokenizer: object | None = None
+    unet: nn.Module | None = None
+    vae: nn.Module | None = None
+    noise_scheduler: object | None = None
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file() or any(
+        (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder"))
+
+
+def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return sd.get("state_dict", sd)
+
+
+def _freeze(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    module.requires_grad_(False)
+    module.eval()
+    return module.to(device=device, dtype=dtype)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: expected {what}. [sd15] path must be a diffusers SD1.5 folder "
+                                "(unet/, vae/, scheduler/, text_encoder/, tokenizer/) or a single-file SD1.5 checkpoint")
+    return path
+
+
+# -- CLIP tokenizer --------------------------------------------------------------------------------------------------
+def _bytes_to_unicode() -> list[str]:
+    """The byte -> printable-character table of GPT-2/CLIP byte-level BPE, in byte order of the vocabulary."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def clip_vocab_from_bpe_gz(gz_path: Path, out_dir: Path) -> Path:
+    """Write vocab.json + merges.txt from open_clip's `bpe_simple_vocab_16e6.txt.gz` (the file CLIP ships).
+
+    CLIP uses the first 49152 - 256 - 2 merges; the vocabulary is the 256 byte characters, the same with `</w>`,
+    one token per merge, then <|startoftext|> and <|endoftext|> (49408 entries)."""
+    lines = gzip.open(gz_path, "rt", encoding="utf-8").read().split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]
+    chars = _bytes_to_unicode()
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out_dir
+
+
+def load_clip_tokenizer(path: str | Path):
+    """CLIPTokenizer from a folder with vocab.json + merges.txt, or from a bpe_simple_vocab_16e6.txt.gz file."""
+    from transformers import CLIPTokenizer
+
+    path = Path(path)
+    if path.is_file() and path.name.endswith(".gz"):
+        path = clip_vocab_from_bpe_gz(path, Path(tempfile.mkdtemp(prefix="clip_bpe_")))
+    for name in ("vocab.json", "merges.txt"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"CLIP tokenizer folder {path} has no {name}: give [sd15] tokenizer = a folder with vocab.json and "
+                "merges.txt (a diffusers SD1.5 folder's tokenizer/, or ComfyUI's comfy/sd1_tokenizer/) or open_clip's "
+                "bpe_simple_vocab_16e6.txt.gz")
+    return CLIPTokenizer.from_pretrained(str(path), local_files_only=True, model_max_length=CLIP_MAX_LENGTH)
+
+
+def clip_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    """(B, 77) ids, padded with <|endoftext|> exactly like SD1.5's pipeline (padding='max_length')."""
+    enc = tokenizer(captions, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt")
+    return enc.input_ids.to(device)
+
+
+class ClipCaptionFilter:
+    """Keeps captions of at most 75 CLIP tokens (77 with <|startoftext|>/<|endoftext|>), as the official align
+    stage. A class rather than a closure so data-loader workers can pickle it."""
+
+    def __init__(self, tokenizer, max_tokens: int = CLIP_MAX_LENGTH - 2):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    def __call__(self, caption: str) -> bool:
+        return len(self.tokenizer(caption, truncation=False).input_ids) - 2 <= self.max_tokens
+
+
+def clip_caption_filter(tokenizer, max_tokens: int = CLIP_MAX_LENGTH - 2) -> ClipCaptionFilter:
+    return ClipCaptionFilter(tokenizer, max_tokens)
+
+
+# -- CLIP text encoder ----------------------------------------------------------------------------------------------
+def _clip_config_from_shapes(sd: dict[str, torch.Tensor]):
+    from transformers import CLIPTextConfig
+
+    vocab, hidden = sd["embeddings.token_embedding.weight"].shape
+    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
+    return CLIPTextConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+        intermediate_size=sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        max_position_embeddings=sd["embeddings.position_embedding.weight"].shape[0], hidden_act="quick_gelu",
+        layer_norm_eps=1e-5, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=1)
+
+
+def clip_text_from_state_dict(full: dict[str, torch.Tensor], source: str = "state dict") -> nn.Module:
+    """CLIPTextModel from an SD1.5 single-file state dict (`cond_stage_model.transformer.text_model.*`)."""
+    from transformers import CLIPTextModel
+
+    sd = {k[len(CLIP_PREFIX):]: v for k, v in full.items() if k.startswith(CLIP_PREFIX)}
+    if not sd:
+        raise ValueError(f"{source} has no `{CLIP_PREFIX}*` tensors: it is not an SD1.5 single-file checkpoint "
+                         "with its CLIP text encoder")
+    sd.pop("embeddings.position_ids", None)
+    with torch.device("meta"):
+        model = CLIPTextModel(_clip_config_from_shapes(sd))
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, text_encoder: bool = False,
+              unet: bool = False, vae: bool = False, tokenizer_path: str | Path = "") -> SD15Parts:
+    """Load the requested frozen SD1.5 parts (+ the DDPM training scheduler with the U-Net). diffusers is only
+    imported when the U-Net or VAE is asked for (its import alone takes seconds)."""
+    if unet or vae:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    if not path:
+        raise ValueError("[sd15] path is empty: set it to a diffusers SD1.5 folder or a single-file SD1.5 checkpoint")
+    path = Path(path)
+    _require(path, "an SD1.5 diffusers folder or single-file checkpoint")
+    parts = SD15Parts()
+    if _is_diffusers_folder(path):
+        if text_encoder:
+            from transformers import CLIPTextModel
+
+            enc_dir = _require(path / "text_encoder", "the CLIP text encoder folder text_encoder/ (config.json + weights)")
+            parts.text_encoder = _freeze(CLIPTextModel.from_pretrained(str(enc_dir), local_files_only=True,
+                                                                       dtype=dtype), dtype,
+                                         device)
+            parts.tokenizer = load_clip_tokenizer(tokenizer_path or _require(path / "tokenizer", "tokenizer/"))
+        if unet:
+            _require(path / "unet", "the U-Net folder unet/")
+            parts.unet = _freeze(UNet2DConditionModel.from_pretrained(str(path), subfolder="unet",
+                                                                      local_files_only=True, torch_dtype=dtype), dtype, device)
+            sched_cfg = path / "scheduler" / "scheduler_config.json"
+            parts.noise_scheduler = (DDPMScheduler.from_pretrained(str(path), subfolder="scheduler",
+                                                                   local_files_only=True)
+                                     if sched_cfg.is_file() else DDPMScheduler.from_config(SD15_SCHEDULER))
+        if vae:
+            _require(path / "vae", "the VAE folder vae/")
+            parts.vae = _freeze(AutoencoderKL.from_pretrained(str(path), subfolder="vae", local_files_only=True,
+                                                              torch_dtype=dtype),
+                                dtype, device)
+        return parts
+
+    full = _read_single_file(path)
+    if text_encoder:
+        if not tokenizer_path:
+            raise ValueError(f"{path} is a single-file checkpoint, which holds no CLIP vocabulary: set [sd15] tokenizer "
+                             "to a folder with vocab.json + merges.txt (e.g. ComfyUI's comfy/sd1_tokenizer/)")
+        parts.text_encoder = _freeze(clip_text_from_state_dict(full, str(path)), dtype, device)
+        parts.tokenizer = load_clip_tokenizer(tokenizer_path)
+    if unet:
+        parts.unet = _freeze(UNet2DConditionModel.from_single_file(full, original_config=SD15_ORIGINAL_CONFIG,
+                                                                   local_files_only=True), dtype, device)
+        parts.noise_scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
+    if vae:
+        parts.vae = _freeze(AutoencoderKL.from_single_file(full, original_config=SD15_ORIGINAL_CONFIG,
+                                                           local_files_only=True), dtype, device)
+    return parts
+
+
+# -- tiny random SD1.5-like folder (tests, smoke runs) --------------------------------------------------------------
+def write_tiny_clip_tokenizer(folder: Path, words: tuple[str, ...] = ("a", "the", "photo", "of", "dog", "cat")) -> Path:
+    """A byte-level CLIP BPE vocabulary: every byte char, its `</w>` form, whole-word merges for `words`."""
+    chars = _bytes_to_unicode()
+    vocab = chars + [c + "</w>" for c in chars]
+    merges = []
+    for w in words:
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(pieces) > 1:  # merge left to right: "d o", "do g</w>"
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            if pieces[0] not in vocab:
+                vocab.append(pieces[0])
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    return folder
+
+
+def write_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
+    """Tiny random SD1.5-shaped diffusers folder: U-Net with cross_attention_dim 768 (the AlignerNet output size),
+    a 2x-downsampling VAE with 4 latent channels, a 1-layer hidden-768 CLIP text encoder and its tokenizer."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=8,
+    ).save_pretrained(folder / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=16,
+    ).save_pretrained(folder / "vae")
+    DDPMScheduler.from_config(SD15_SCHEDULER).save_pretrained(folder / "scheduler")
+    tok_dir = write_tiny_clip_tokenizer(folder / "tokenizer")
+    vocab_size = len(json.loads((tok_dir / "vocab.json").read_text()))
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=768, intermediate_size=128, num_hidden_layers=1, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=1,
+    )).save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="SD1.5 helper files for the KOSMOS-G trainer")
+    parser.add_argument("--write-tiny", metavar="DIR", required=True,
+                        help="write a tiny random SD1.5-like diffusers folder (for smoke runs of stages 2 and 3)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    log.info("wrote %s", write_tiny_sd15(args.write_tiny))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""The Stage protocol every training stage implements, the STAGES registry, and what the KOSMOS-G stages share.
+
+A stage says what to build, what trains, what data it reads, how the loss is computed and what it exports; the
+trainer (training/train.py) owns everything else (distribution, precision, accumulation, checkpoints, logging).
+Optional hooks the trainer uses when present (with defaults for stages that only implement the protocol):
+`find_unused_parameters` (DDP), `shard_units(model)` (FSDP2 units), `fsdp_forward_methods`,
+`enable_activation_checkpointing(model)`, `count(batch)` -> (samples, tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ..distributed import unwrap
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    name: str
+
+    def build_model(self, cfg, device: torch.device) -> nn.Module: ...
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]: ...
+    def build_dataloader(self, cfg, rank: int, world_size: int): ...
+    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]: ...
+    def export(self, model: nn.Module, path) -> None: ...
+    def sample(self, model: nn.Module, step: int, writer) -> None: ...
+
+
+# name -> Stage class (instantiated without arguments by the trainer).
+STAGES: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: `@register("stage2") class Stage2(...)` adds it to STAGES."""
+
+    def deco(cls: type) -> type:
+        cls.name = name
+        STAGES[name] = cls
+        return cls
+
+    return deco
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors in (nested) dicts / lists / tuples moved to `device`; everything else untouched."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_device(v, device) for v in obj)
+    return obj
+
+
+class StageModule(nn.Module):
+    """What DDP/FSDP wrap: `kosmos` (a KosmosG, registered) plus frozen helpers (SD1.5 parts) kept OUT of the
+    module tree, so they are not broadcast by DDP, sharded by FSDP or written into training checkpoints (they are
+    reloaded from the user's files). `forward(batch)` is the whole loss computation -> (loss, metrics)."""
+
+    def __init__(self, kosmos: nn.Module):
+        super().__init__()
+        self.kosmos = kosmos
+        object.__setattr__(self, "frozen", {})
+
+    def add_frozen(self, name: str, module: Any) -> None:
+        self.frozen[name] = module
+
+    def train(self, mode: bool = True) -> StageModule:
+        super().train(mode)
+        for m in self.frozen.values():
+            if isinstance(m, nn.Module):
+                m.eval()  # frozen parts always run in eval mode
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.kosmos.parameters()).device
+
+
+# -- building the KOSMOS-G model of a stage ---------------------------------------------------------------------------
+def _aligner_preset(cfg, mllm_dim: int):
+    from kosmos_g_core.config import PRESETS
+
+    name = cfg.model.aligner_preset or ("official" if mllm_dim == 2048 else "tiny")
+    if name not in PRESETS:
+        raise ValueError(f"[model] aligner_preset = {name!r}: unknown; expected one of {sorted(PRESETS)}")
+    return PRESETS[name].aligner
+
+
+def _set_aligner(model, aligner_cfg) -> None:
+    """Replace model.aligner by one built from `aligner_cfg`, keeping every tensor the old one shares with it
+    (so M survives adding or dropping N). New tensors keep their fresh initialisation."""
+    from kosmos_g_core.aligner import AlignerNet
+
+    old = model.aligner
+    new = AlignerNet(aligner_cfg, model.config.mllm.dim, dtype=torch.float32)
+    if old is not None:
+        result = new.load_state_dict(old.state_dict(), strict=False)
+        if result.missing_keys:
+            log.info("AlignerNet: %d tensors start from random init (e.g. %s)", len(result.missing_keys),
+                     result.missing_keys[0])
+    else:
+        log.info("the init checkpoint has no AlignerNet: starting it from random init (%s)", aligner_cfg)
+    model.aligner = new
+    model.config = replace(model.config, aligner=aligner_cfg)
+
+
+def build_kosmos(cfg, device: torch.device, *, aligner: str):
+    """The KosmosG of a stage, fp32 (master weights), tokenizer attached.
+
+    aligner: "keep" (whatever the init has), "encoder" (M only; created if absent), "with_decoder" (M and N).
+    `[model] init` names a pack .safetensors (e.g. a Kosmos-2 conversion or a previous stage's export); when empty
+    the model starts from random weights of `[model] preset` with the tokenizer files of `[model] tokenizer`.
+    """
+    from pathlib import Path
+
+    from kosmos_g_core.checkpoint import load_checkpoint
+    from kosmos_g_core.config import PRESETS
+    from kosmos_g_core.model import KosmosG
+    from kosmos_g_core.tokenizer import KosmosTokenizer
+
+    if cfg.model.init:
+        model = load_checkpoint(cfg.model.init, dtype=torch.float32, device="cpu")
+    else:
+        if cfg.model.preset not in PRESETS:
+            raise ValueError(f"[model] preset = {cfg.model.preset!r}: unknown; expected one of {sorted(PRESETS)}")
+        if not cfg.model.tokenizer:
+            raise ValueError("[model] init is empty (random init), so [model] tokenizer must name the folder with "
+                             "sentencepiece.bpe.model and dict.txt")
+        folder = Path(cfg.model.tokenizer)
+        model = KosmosG(PRESETS[cfg.model.preset], dtype=torch.float32)
+        model.tokenizer = KosmosTokenizer.from_files(folder / "sentencepiece.bpe.model", folder / "dict.txt")
+    tokenizer = model.tokenizer
+    if aligner != "keep":
+        base = model.config.aligner or _aligner_preset(cfg, model.config.mllm.dim)
+        wanted = replace(base, with_decoder=(aligner == "with_decoder"))
+        if model.config.aligner != wanted:
+            _set_aligner(model, wanted)
+    model.tokenizer = tokenizer
+    return model.to(device)
+
+
+def select_trainable(kosmos: nn.Module, prefixes: Iterable[str]) -> int:
+    """requires_grad = True exactly for parameters whose name starts with one of `prefixes`; returns the count."""
+    prefixes = tuple(prefixes)
+    n = 0
+    for name, p in kosmos.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+        n += p.numel() if p.requires_grad else 0
+    if n == 0:
+        raise ValueError(f"no parameter of the model starts with any of {list(prefixes)}: check [model] trainable")
+    return n
+
+
+def last_vit_block_prefixes(kosmos) -> list[str]:
+    """`--no-freeze-layer resblocks.23,ln_post` of the official stage 3, for any depth."""
+    last = kosmos.config.vision.layers - 1
+    return [f"img_model.visual.transformer.resblocks.{last}.", "img_model.visual.ln_post."]
+
+
+def layer_units(module: nn.Module) -> list[nn.Module]:
+    """Every transformer layer of the model's LayerStacks (MLLM, ViT, AlignerNet): the FSDP2 shard units."""
+    from kosmos_g_core.layers import LayerStack
+
+    return [layer for m in module.modules() if isinstance(m, LayerStack) for layer in m]
+
+
+class KosmosStage:
+    """Shared parts of the three KOSMOS-G stages."""
+
+    name = "kosmos"
+    find_unused_parameters = True    # image-free batches skip the vision tower and connector
+    fsdp_forward_methods: tuple[str, ...] = ()
+    default_trainable: tuple[str, ...] = ()
+
+    def trainable_prefixes(self, cfg, kosmos) -> list[str]:
+        return list(cfg.model.trainable) or list(self.default_trainable)
+
+    def finish_model(self, cfg, module: StageModule) -> StageModule:
+        n = select_trainable(module.kosmos, self.trainable_prefixes(cfg, module.kosmos))
+        total = sum(p.numel() for p in module.kosmos.parameters())
+        log.info("%s: %.1fM of %.1fM KOSMOS-G parameters trainable", self.name, n / 1e6, total / 1e6)
+        return module.train()
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        return layer_units(unwrap(model).kosmos)
+
+    def enable_activation_checkpointing(self, model: nn.Module) -> None:
+        unwrap(model).kosmos.set_gradient_checkpointing(True)
+
+    def build_dataloader(self, cfg, rank: int, world_size: int):
+        from training.data import build_dataloader
+
+        data_cfg = dict(cfg.data)
+        if "batch_size" not in data_cfg:
+            raise ValueError("[data] batch_size is missing (samples per rank per micro-step)")
+        return build_dataloader(
+            self.name, data_cfg, self._tokenizer, image_size=self._image_size, target_size=self._target_size(cfg),
+            batch_size=int(data_cfg["batch_size"]), rank=rank, world_size=world_size, seed=cfg.run.seed,
+            caption_filter=self._caption_filter())
+
+    # Set by build_model: what the loader needs from the model.
+    _tokenizer = None
+    _image_size = 224
+
+    def _target_size(self, cfg) -> int:
+        return 0
+
+    def _caption_filter(self):
+        return None
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        loss, metrics = model(batch)
+        return loss, {k: float(v) for k, v in metrics.items()}
+
+    def count(self, batch: dict) -> tuple[int, int]:
+        """(samples, tokens) of a batch, for throughput."""
+        tokens = batch["tokens"]
+        return int(tokens.shape[0]), int(tokens.ne(1).sum())
+
+    def export(self, model: nn.Module, path) -> None:
+        export_kosmos(model, path, dtype=self._export_dtype, drop_decoder=True)
+
+    _export_dtype: torch.dtype | None = torch.float16
+
+    def remember(self, cfg, kosmos) -> None:
+        """Keep what the loader and the export need from the built model."""
+        from kosmos_g_core.checkpoint import DTYPES_BY_NAME
+
+        self._tokenizer = kosmos.tokenizer
+        self._image_size = kosmos.config.vision.image_size
+        if cfg.checkpoint.export_dtype not in DTYPES_BY_NAME:
+            raise ValueError(f"[checkpoint] export_dtype = {cfg.checkpoint.export_dtype!r}: expected one of "
+                             f"{sorted(DTYPES_BY_NAME)}")
+        self._export_dtype = DTYPES_BY_NAME[cfg.checkpoint.export_dtype]
+
+    def sample(self, model: nn.Module, step: int, writer) -> None:
+        return None
+
+
+def export_kosmos(model: nn.Module, path, *, dtype: torch.dtype | None, drop_decoder: bool) -> None:
+    """Write the pack's single .safetensors (core save_checkpoint) from the stage module. Collective under FSDP
+    (parameters are gathered to rank 0, which writes). AlignerNet N is dropped unless asked: the loader node and
+    stage 3 only need M."""
+    import torch.distributed as dist
+
+    from kosmos_g_core.checkpoint import save_checkpoint
+
+    from ..checkpoint import full_model_state_dict
+
+    module = unwrap(model)
+    kosmos = module.kosmos
+    full = full_model_state_dict(model)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    sd = {k[len("kosmos."):]: v for k, v in full.items() if k.startswith("kosmos.")}
+    config = kosmos.config
+    if drop_decoder and config.aligner is not None and config.aligner.with_decoder:
+        sd = {k: v for k, v in sd.items() if not k.startswith(("aligner.decoder", "aligner.decoder_"))}
+        config = config.with_decoder(False)
+    save_checkpoint(path, sd, kosmos.tokenizer, config=config, dtype=dtype,
+                    metadata={"trained_stage": getattr(module, "stage_name", "")})
+    log.info("exported %s (%s)", path, dtype)

@@ -1,0 +1,66 @@
+"""Stage 2, image-decoder aligning (reference §4.3, §6.1): text only; MLLM, vision tower and connector frozen;
+AlignerNet M and N trained.
+
+    z    = M(MLLM(tokens))                                  (B, 77, 768)
+    mse  = mean((z - CLIP_text(clip_ids).last_hidden)^2)    frozen SD1.5 CLIP text encoder, 77 padded ids
+    rec  = mean((N(z, T) - MLLM(tokens))^2) * 77 / T        over all B x T x 2048 elements, pads included
+    loss = mse + rec
+
+Captions over 75 CLIP tokens are dropped by the loader (caption_filter); longer-than-85 SentencePiece tokens too
+(the loader's stage-2 default). The frozen MLLM keeps train-mode dropout, as the official run did.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..sd15 import clip_caption_filter, clip_ids, load_sd15
+from .base import KosmosStage, StageModule, build_kosmos, register, to_device
+
+
+def frozen_dtype(cfg) -> torch.dtype:
+    name = cfg.sd15.dtype
+    if name == "auto":
+        name = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.parallel.precision, "fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+class Aligning(StageModule):
+    stage_name = "stage2"
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        tokens = to_device(batch["tokens"], self.device)  # (B, T): [<s>] + caption
+        text_encoder, clip_tokenizer = self.frozen["text_encoder"], self.frozen["clip_tokenizer"]
+        with torch.no_grad():
+            hidden = self.kosmos.mllm_forward(tokens)  # (B, T, D) frozen MLLM
+            ids = clip_ids(clip_tokenizer, list(batch["captions"]), self.device)  # (B, 77)
+            target = text_encoder(ids).last_hidden_state  # (B, 77, 768)
+        z = self.kosmos.align(hidden, tokens)  # (B, 77, 768)
+        mse = F.mse_loss(z.float(), target.float())
+        T = tokens.shape[1]
+        rec = self.kosmos.aligner.reconstruct(z, T)  # (B, T, D)
+        rec_loss = F.mse_loss(rec.float(), hidden.float()) * (z.shape[1] / T)
+        loss = mse + rec_loss
+        return loss, {"loss/mse": mse.detach(), "loss/rec": rec_loss.detach()}
+
+
+@register("stage2")
+class Stage2(KosmosStage):
+    default_trainable = ("aligner.",)
+    find_unused_parameters = False   # every trainable tensor (M and N) is used by every batch
+
+    def build_model(self, cfg, device: torch.device) -> Aligning:
+        kosmos = build_kosmos(cfg, device, aligner="with_decoder")
+        self.remember(cfg, kosmos)
+        parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), text_encoder=True,
+                          tokenizer_path=cfg.sd15.tokenizer)
+        module = Aligning(kosmos)
+        module.add_frozen("text_encoder", parts.text_encoder)
+        module.add_frozen("clip_tokenizer", parts.tokenizer)
+        self._clip_tokenizer = parts.tokenizer
+        return self.finish_model(cfg, module)
+
+    def _caption_filter(self):
+        return clip_caption_filter(self._clip_tokenizer)

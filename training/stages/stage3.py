@@ -1,0 +1,176 @@
+"""Stage 3, compositional instruction tuning ("score distillation", reference §6.2).
+
+    c        = M(MLLM(tokens, images))                      (B, 77, 768), 10 % replaced by null = M(MLLM([<s>]))
+    latents  = VAE.encode(target).sample() * 0.18215        frozen
+    x_t      = DDPM.add_noise(latents, eps, t),  t ~ U{0..999}
+    loss     = mean_b mean_{C,H,W} (UNet(x_t, t, c) - eps)^2   frozen U-Net, gradient flows through it into c
+
+Trainable: MLLM, connector, AlignerNet M, last ViT block + ln_post. Data: compositional : editing : captions shards
+(the loader applies the entity-word, cut-out and caption-drop rules). When `[semantic]` has a non-zero weight the
+layout engineer's `training.semantic_supervision.SemanticSupervision` adds its terms.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..distributed import unwrap
+from ..sd15 import load_sd15
+from .base import KosmosStage, StageModule, build_kosmos, last_vit_block_prefixes, register, to_device
+from .stage2 import frozen_dtype
+
+log = logging.getLogger(__name__)
+
+
+def semantic_enabled(semantic: dict) -> bool:
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
+               for k, v in semantic.items() if k.endswith("weight"))
+
+
+class InstructionTuning(StageModule):
+    stage_name = "stage3"
+
+    def __init__(self, kosmos, cond_dropout: float):
+        super().__init__(kosmos)
+        self.cond_dropout = cond_dropout
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = to_device(batch, self.device)
+        unet, vae, scheduler = self.frozen["unet"], self.frozen["vae"], self.frozen["noise_scheduler"]
+        tokens, image_mask, pixels, target = batch["tokens"], batch["image_mask"], batch["pixels"], batch["target"]
+        B = tokens.shape[0]
+        embeds = self.kosmos.encode_images(pixels) if pixels.shape[0] else None  # (N, 64, D)
+        cond = self.kosmos.align(self.kosmos.mllm_forward(tokens, embeds, image_mask), tokens)  # (B, 77, 768)
+        null_tokens = tokens.new_zeros(1, 1)  # [<s>]
+        null = self.kosmos.align(self.kosmos.mllm_forward(null_tokens), null_tokens)  # (1, 77, 768)
+        drop = torch.rand(B, device=cond.device) < self.cond_dropout
+        cond = torch.where(drop[:, None, None], null.expand_as(cond), cond)
+
+        with torch.no_grad():
+            latents = vae.encode(target.to(vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (B,), device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        noise_pred = unet(noisy, timesteps, encoder_hidden_states=cond.to(unet.dtype)).sample
+        diffusion = (noise_pred.float() - noise.float()).pow(2).mean(dim=(1, 2, 3)).mean()
+        loss = diffusion
+        metrics = {"loss/diffusion": diffusion.detach(), "cond/null_share": drop.float().mean()}
+        semantic = self.frozen.get("semantic")
+        if semantic is not None:
+            terms = semantic.losses(batch=batch, noise_pred=noise_pred, noisy_latents=noisy, timesteps=timesteps,
+                                    noise_scheduler=scheduler, vae=vae)
+            for name, value in terms.items():
+                loss = loss + value
+                metrics[f"loss/{name}"] = value.detach()
+        return loss, metrics
+
+    @torch.no_grad()
+    def sample_conditions(self, prompts: list) -> tuple[Tensor, Tensor]:
+        """Prompts -> (cond, uncond), each (N, 77, 768), in eval mode (no dropout)."""
+        was_training = self.training
+        self.eval()
+        try:
+            cond = self.kosmos.condition(self.kosmos.collate(prompts))
+            uncond = self.kosmos.null_condition().expand_as(cond)
+        finally:
+            self.train(was_training)
+        return cond, uncond
+
+
+def _prompts(items) -> list:
+    """[sample] prompts: strings, or tables {text = "<i> in the snow", images = ["dog.jpg"]}."""
+    from PIL import Image
+
+    from kosmos_g_core.prompt import InterleavedPrompt
+
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(InterleavedPrompt.from_text(item))
+        else:
+            images = [Image.open(p).convert("RGB") for p in item.get("images", [])]
+            out.append(InterleavedPrompt.from_text(item["text"], images))
+    return out
+
+
+@torch.no_grad()
+def render(unet, vae, noise_scheduler, cond: Tensor, uncond: Tensor, *, steps: int, guidance: float,
+           resolution: int, seed: int) -> Tensor:
+    """DPM-Solver++ (2M) with classifier-free guidance on the frozen U-Net and VAE -> (N, 3, R, R) in [0, 1]."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sampler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++",
+                                                      solver_order=2)
+    sampler.set_timesteps(steps, device=cond.device)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # its own generator: training RNG streams untouched
+    shape = (cond.shape[0], unet.config.in_channels, resolution // factor, resolution // factor)
+    latents = torch.randn(shape, generator=gen).to(cond.device, unet.dtype) * sampler.init_noise_sigma
+    context = torch.cat([uncond, cond]).to(unet.dtype)
+    for t in sampler.timesteps:
+        x = sampler.scale_model_input(torch.cat([latents, latents]), t)
+        eps_uncond, eps_cond = unet(x, t, encoder_hidden_states=context).sample.chunk(2)
+        latents = sampler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+@register("stage3")
+class Stage3(KosmosStage):
+    default_trainable = ("gpt_model.", "img_connector.", "aligner.")
+    fsdp_forward_methods = ("sample_conditions",)
+
+    def trainable_prefixes(self, cfg, kosmos) -> list[str]:
+        return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
+
+    def build_model(self, cfg, device: torch.device) -> InstructionTuning:
+        kosmos = build_kosmos(cfg, device, aligner="encoder")
+        self.remember(cfg, kosmos)
+        self._cfg = cfg
+        parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), unet=True, vae=True)
+        module = InstructionTuning(kosmos, cfg.model.cond_dropout)
+        module.add_frozen("unet", parts.unet)
+        module.add_frozen("vae", parts.vae)
+        module.add_frozen("noise_scheduler", parts.noise_scheduler)
+        if semantic_enabled(cfg.semantic):
+            from training.semantic_supervision import SemanticSupervision  # layout engineer's module, lazily
+
+            module.add_frozen("semantic", SemanticSupervision(dict(cfg.semantic), parts.unet))
+            log.info("semantic supervision enabled: %s", cfg.semantic)
+        return self.finish_model(cfg, module)
+
+    def enable_activation_checkpointing(self, model) -> None:
+        super().enable_activation_checkpointing(model)
+        if self._cfg.sd15.gradient_checkpointing:
+            unwrap(model).frozen["unet"].enable_gradient_checkpointing()
+
+    def _target_size(self, cfg) -> int:
+        return cfg.sd15.resolution
+
+    def sample(self, model, step: int, writer) -> None:
+        cfg = self._cfg
+        if not cfg.sample.prompts:
+            return
+        module = unwrap(model)
+        # FSDP: every rank runs the (registered) conditioning method, since it gathers parameters.
+        caller = model if hasattr(model, "sample_conditions") else module
+        cond, uncond = caller.sample_conditions(_prompts(cfg.sample.prompts))
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return
+        images = render(module.frozen["unet"], module.frozen["vae"], module.frozen["noise_scheduler"], cond, uncond,
+                        steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                        resolution=cfg.sample.resolution or cfg.sd15.resolution, seed=cfg.sample.seed)
+        writer.images("samples", images.cpu(), step)
+        folder = Path(cfg.run.out_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        for i, img in enumerate(images.cpu()):
+            array = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+            Image.fromarray(array).save(folder / f"step_{step:08d}_{i}.png")
+        log.info("wrote %d sample images to %s", len(images), folder)

@@ -1,0 +1,279 @@
+"""KOSMOS-G trainer: one entry point for every stage, on one CPU, one GPU or many nodes.
+
+    # 1 process (CPU or one GPU); plain python works too
+    torchrun --standalone --nproc_per_node 1 -m training.train --config training/configs/stage2.toml
+    # 8 GPUs on one machine
+    torchrun --standalone --nproc_per_node 8 -m training.train --config training/configs/stage3.toml
+    # 4 nodes x 8 GPUs (run on every node; NODE_RANK = 0..3, MASTER = the first node's address)
+    torchrun --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK --rdzv_backend c10d \
+        --rdzv_endpoint $MASTER:29500 -m training.train --config training/configs/stage3.toml
+    # dotted overrides after the config; resume after a crash
+    torchrun --standalone --nproc_per_node 8 -m training.train --config training/configs/stage1.toml \
+        optim.lr=2e-4 data.batch_size=8 parallel.strategy=fsdp checkpoint.resume=latest
+
+Stages: stage1 (multimodal LM), stage2 (AlignerNet M + N), stage3 (instruction tuning through the frozen SD1.5
+U-Net), layout (text-to-layout model, when its module is present). gloo on CPU, nccl on CUDA. The run folder
+(`run.out_dir`) receives config.resolved.json, checkpoints/, tensorboard/, metrics.jsonl, samples/ and the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .checkpoint import CheckpointManager
+from .distributed import DistInfo, all_reduce_mean, unwrap
+from .metrics_log import MetricsLogger, memory_metrics
+from .optim import build_optimizer, build_scheduler
+from .train_config import TrainConfig, load_config, save_resolved
+
+log = logging.getLogger(__name__)
+
+_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (tests and the throughput benchmark read it)."""
+    start_step: int
+    final_step: int
+    losses: list[float] = field(default_factory=list)  # this rank's loss of every optimiser step run here
+    step_times: list[float] = field(default_factory=list)
+    samples: int = 0          # samples seen by this rank
+    tokens: int = 0
+    export_path: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_stage(name: str):
+    from .stages import STAGES
+
+    if name not in STAGES:
+        raise ValueError(f"stage = {name!r}: unknown; registered stages are {sorted(STAGES)}")
+    return STAGES[name]()
+
+
+def _wrap(stage, model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    strategy = cfg.parallel.strategy
+    if strategy == "fsdp":
+        units = stage.shard_units(model) if hasattr(stage, "shard_units") else []
+        mp = _PRECISIONS[cfg.parallel.precision] if cfg.parallel.precision == "bf16" else None
+        return distributed.wrap_fsdp(model, units, getattr(stage, "fsdp_forward_methods", ()), mixed_precision=mp)
+    if strategy == "ddp":
+        return distributed.wrap_ddp(model, info, getattr(stage, "find_unused_parameters", True))
+    raise ValueError(f"parallel.strategy = {strategy!r}: expected 'ddp' or 'fsdp'")
+
+
+def _count(stage, batch: dict) -> tuple[int, int]:
+    if hasattr(stage, "count"):
+        return stage.count(batch)
+    first = next((v for v in batch.values() if torch.is_tensor(v)), None)
+    return (int(first.shape[0]) if first is not None else 0), 0
+
+
+def _grad_norm(params: list[nn.Parameter], clip: float) -> float:
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def replica_checksums(model: nn.Module) -> list[float]:
+    """Per trainable tensor, sum and sum of squares in float64: identical on every DDP replica when in sync."""
+    out = []
+    for _name, p in sorted(unwrap(model).named_parameters(), key=lambda kv: kv[0]):
+        if p.requires_grad:
+            t = p.detach()
+            t = t.full_tensor() if hasattr(t, "full_tensor") else t
+            t = t.double()
+            out += [float(t.sum()), float((t * t).sum())]
+    return out
+
+
+def _check_replicas(model: nn.Module, out_dir: Path, info: DistInfo) -> bool:
+    sums = replica_checksums(model)
+    gathered = distributed.all_gather_object(sums)
+    in_sync = all(g == gathered[0] for g in gathered)
+    if info.is_main:
+        (out_dir / "replica_checksums.json").write_text(json.dumps({"in_sync": in_sync, "ranks": gathered}))
+        (log.info if in_sync else log.error)("replica check: parameters %s across %d ranks",
+                                             "identical" if in_sync else "DIFFER", len(gathered))
+    return in_sync
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    """Train `cfg.stage` to `cfg.run.max_steps` optimiser steps (resuming when asked), then export."""
+    info = distributed.setup(cfg.run.device)
+    out_dir = Path(cfg.run.out_dir)
+    if info.is_main:
+        save_resolved(cfg, out_dir)
+    seed_everything(cfg.run.seed)  # identical on every rank: the model starts identical everywhere
+    log.info("seed %d (model init); per-rank stream seed %d + rank", cfg.run.seed, cfg.run.seed)
+
+    stage = build_stage(cfg.stage)
+    model = stage.build_model(cfg, info.device)
+    if cfg.model.activation_checkpointing and hasattr(stage, "enable_activation_checkpointing"):
+        stage.enable_activation_checkpointing(model)
+    model = _wrap(stage, model, cfg, info)
+    params = [p for p in stage.trainable_parameters(model) if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.run.max_steps)
+    amp_dtype = _PRECISIONS[cfg.parallel.precision] if cfg.parallel.precision in _PRECISIONS else None
+    if cfg.parallel.precision not in _PRECISIONS:
+        raise ValueError(f"parallel.precision = {cfg.parallel.precision!r}: expected one of {sorted(_PRECISIONS)}")
+    scaler = torch.amp.GradScaler(info.device.type) if cfg.parallel.precision == "fp16" else None
+
+    ckpt = CheckpointManager(out_dir / "checkpoints", cfg.checkpoint.keep, info.rank, info.world_size)
+    loader = stage.build_dataloader(cfg, info.rank, info.world_size)
+    start_step = 0
+    resume_from = ckpt.resolve(cfg.checkpoint.resume)
+    if resume_from is not None:
+        state = ckpt.load(resume_from, model, optimizer, scheduler, scaler)
+        start_step = state["step"]
+        if state["loader"] is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(state["loader"])
+    else:
+        # Per-rank streams (noise, timesteps, dropout, CFG drops) differ across ranks, reproducibly.
+        seed_everything(cfg.run.seed + 1 + info.rank)
+        if cfg.checkpoint.resume == "latest":
+            log.info("checkpoint.resume = latest: no checkpoint in %s yet, starting fresh", ckpt.root)
+
+    logger = MetricsLogger(out_dir, enabled=info.is_main, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                           wandb_project=cfg.log.wandb_project, progress=cfg.log.progress,
+                           total_steps=cfg.run.max_steps, start_step=start_step, config=cfg.to_dict())
+    result = RunResult(start_step=start_step, final_step=start_step)
+    n_trainable = sum(p.numel() for p in params)
+    log.info("stage %s: %d ranks, %s, %s, %.1fM trainable tensors elements on this rank, steps %d -> %d",
+             cfg.stage, info.world_size, cfg.parallel.strategy, cfg.parallel.precision, n_trainable / 1e6,
+             start_step, cfg.run.max_steps)
+    metrics_file = out_dir / "metrics.jsonl"
+    autocast = (lambda: torch.autocast(info.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    batches: Iterator[dict] = iter(loader)
+    step = start_step
+    window: dict[str, float] = {}
+    window_steps = 0
+    window_samples = window_tokens = 0
+    window_start = time.perf_counter()
+    last_saved = start_step if resume_from is not None else -1
+    try:
+        while step < cfg.run.max_steps:
+            t0 = time.perf_counter()
+            step_loss = 0.0
+            step_metrics: dict[str, float] = {}
+            for micro in range(cfg.run.grad_accum):
+                batch = next(batches)
+                samples, tokens = _count(stage, batch)
+                window_samples += samples
+                window_tokens += tokens
+                result.samples += samples
+                result.tokens += tokens
+                last_micro = micro == cfg.run.grad_accum - 1
+                with distributed.no_sync(model, not last_micro)():
+                    with autocast():
+                        loss, metrics = stage.loss(model, batch, step)
+                    scaled = loss / cfg.run.grad_accum
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                step_loss += float(loss.detach()) / cfg.run.grad_accum
+                for k, v in metrics.items():
+                    step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.run.grad_accum
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = _grad_norm(params, cfg.optim.clip_norm)
+            lr = scheduler.get_last_lr()[0]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            result.final_step = step
+            result.losses.append(step_loss)
+            result.step_times.append(time.perf_counter() - t0)
+            if not math.isfinite(step_loss):
+                log.warning("step %d: non-finite loss %s", step, step_loss)
+            step_metrics.update({"loss/total": step_loss, "grad_norm": grad_norm})
+            for k, v in step_metrics.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            logger.advance()
+
+            if step % cfg.log.every == 0 or step == cfg.run.max_steps:
+                means = all_reduce_mean({k: v / window_steps for k, v in window.items()}, info.device)
+                dt = max(time.perf_counter() - window_start, 1e-9)
+                rates = all_reduce_mean({"s": window_samples / dt, "t": window_tokens / dt}, info.device)
+                means.update({"lr": lr, "throughput/samples_per_s": rates["s"] * info.world_size,
+                              "throughput/tokens_per_s": rates["t"] * info.world_size,
+                              "throughput/samples_per_s_per_device": rates["s"]})
+                means.update(memory_metrics(info.device))
+                if hasattr(loader, "stats"):
+                    means.update({f"data/{k}": float(v) for k, v in loader.stats.items()})
+                logger.log(step, means)
+                if info.is_main:
+                    with open(metrics_file, "a") as f:
+                        f.write(json.dumps({"step": step, **means}) + "\n")
+                window, window_steps, window_samples, window_tokens = {}, 0, 0, 0
+                window_start = time.perf_counter()
+            if cfg.sample.every and step % cfg.sample.every == 0:
+                stage.sample(model, step, logger)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                ckpt.save(step, model, optimizer, scheduler, scaler, _loader_state(loader), {"stage": cfg.stage})
+                last_saved = step
+        if last_saved != step:
+            ckpt.save(step, model, optimizer, scheduler, scaler, _loader_state(loader), {"stage": cfg.stage})
+        export_path = cfg.checkpoint.export_path or str(out_dir / "export.safetensors")
+        stage.export(model, export_path)
+        result.export_path = export_path
+        if cfg.parallel.check_replicas:
+            _check_replicas(model, out_dir, info)
+    finally:
+        logger.close()
+    distributed.teardown()
+    return result
+
+
+def _loader_state(loader) -> dict | None:
+    return loader.state_dict() if hasattr(loader, "state_dict") else None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a KOSMOS-G stage (see the module docstring for torchrun commands).",
+        epilog="Overrides: dotted.key=value pairs after the options, e.g. optim.lr=1e-4 data.batch_size=8")
+    parser.add_argument("--config", required=True, help="stage TOML, e.g. training/configs/stage2.toml")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
+    return parser.parse_args(argv), []
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, _ = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
