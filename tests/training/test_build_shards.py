@@ -17,7 +17,7 @@ from PIL import Image
 from training import build_shards
 from training.data import build_dataloader
 from training.data.captioner import ImageCaptioner
-from training.data.entity_extractor import RuleEntityExtractor, parse_entity_answer
+from training.data.entity_extractor import LLMEntityExtractor, RuleEntityExtractor, parse_entity_answer
 from training.data.local_models import ModelFolderError
 from training.data.segmenter import ClipSegSegmenter, clean_mask, entity_crops, square_box
 
@@ -274,3 +274,25 @@ def test_editing_shards_from_ip2p_folder_and_jsonl(tmp_path, dreambench_dir, kos
     batches = list(itertools.islice(iter(loader), 2))
     assert all(b["pixels"].shape == (3, 3, 28, 28) and b["target"].shape == (3, 3, 32, 32) for b in batches)
     assert any("make it snow" in p for b in batches for p in b["prompt"])
+
+
+def test_llm_entity_extractor_with_a_tiny_causal_lm(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["[UNK]", "</s>", "dog", "cat", "ball", ",", "a", "the", "with", "#", "sofa", "on"]
+    word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, "[UNK]"))
+    word_level.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    word_level.decoder = tokenizers.decoders.WordPiece()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", eos_token="</s>")
+    tokenizer.save_pretrained(tmp_path)
+    config = transformers.LlamaConfig(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=1, bos_token_id=None, pad_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+
+    extractor = LLMEntityExtractor(tmp_path, max_new_tokens=6)
+    caption = "a dog with a ball on the sofa"
+    names = extractor(caption)
+    assert isinstance(names, list) and all(name in caption for name in names)
+    assert extractor(caption) == names  # greedy decoding: rebuilds agree

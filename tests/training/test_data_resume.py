@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import tarfile
 
 import pytest
@@ -185,3 +186,11 @@ def test_shards_are_plain_webdataset_tars(tmp_path):
         ["s000000.jpg", "s000000.json"]
         + [f"s000000.ent{i}.{part}" for i in range(2) for part in ("crop.jpg", "cut.png", "mask.png")]
     )
+
+
+def test_loader_plan_pickles_for_spawned_workers(stage3_shards, kosmos_tokenizer):
+    # Under the "spawn" start method (macOS, Windows) the plan travels pickled; the tokenizer goes as its bytes.
+    loader = _build(_stage3_cfg(stage3_shards, 0), kosmos_tokenizer)
+    plan = pickle.loads(pickle.dumps(loader.plan))
+    assert plan.tokenizer.encode("a dog") == kosmos_tokenizer.encode("a dog")
+    assert plan.shards == loader.plan.shards and plan.config == loader.plan.config
