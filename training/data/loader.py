@@ -39,7 +39,7 @@ from .config import DataConfig, parse_data_config
 from .decode import SampleError
 from .features import FeatureContext, Features, sample_features
 from .mixing import SourceSchedule
-from .shards import ShardError, ShardPosition, ShardReader, expand_shards
+from .shards import EMPTY_EPOCHS_BEFORE_ERROR, ShardError, ShardPosition, ShardReader, expand_shards
 from .stats import SkipStats, merge_counts
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,9 @@ class _SourceStream:
     def next(self) -> Features:
         while True:
             raw = next(self._samples)
-            if self.reader.position.epoch - self._epoch_of_last_good >= 2:
+            if self.reader.position.epoch - self._epoch_of_last_good > EMPTY_EPOCHS_BEFORE_ERROR:
                 raise ShardError(
-                    f"source {self.source.name!r}: a whole epoch over its shards gave no usable sample "
+                    f"source {self.source.name!r}: {EMPTY_EPOCHS_BEFORE_ERROR} whole epochs gave no usable sample "
                     f"(skipped so far: {self.stats.counts}); check the shards and the filters "
                     "(max_caption_tokens, min_image_side, caption_filter)"
                 )

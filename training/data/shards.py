@@ -28,6 +28,10 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 log = logging.getLogger(__name__)
 
 
+# A source that yields nothing for this many epochs in a row is broken, not unlucky: stop instead of spinning.
+EMPTY_EPOCHS_BEFORE_ERROR = 5
+
+
 class ShardError(RuntimeError):
     """A source has no readable data at all (every shard missing, unreadable or empty for this reader)."""
 
@@ -139,6 +143,7 @@ class ShardReader:
 
     def _samples(self) -> Iterator[RawSample]:
         pos = self.position
+        empty_epochs = 0
         while True:
             kept_in_epoch = 0
             complete_epoch = pos.shard == 0 and pos.sample == 0
@@ -157,11 +162,13 @@ class ShardReader:
                     yield RawSample(key=key, url=url, members=members, uid=(pos.epoch, shard_id, index))
                 pos.shard += 1
                 pos.sample = 0
-            if complete_epoch and kept_in_epoch == 0:
+            # One empty epoch can be bad luck (this reader drew only missing shards); several in a row cannot.
+            empty_epochs = empty_epochs + 1 if complete_epoch and kept_in_epoch == 0 else 0
+            if empty_epochs >= EMPTY_EPOCHS_BEFORE_ERROR:
                 raise ShardError(
-                    f"source {self.name!r}: reader {self.reader} of {self.num_readers} found no samples in a whole "
-                    f"epoch over {len(shard_ids)} of {len(self.shards)} shards (first: {self.shards[0]}); the shards "
-                    "are missing, unreadable or hold fewer samples than there are readers (ranks x workers)"
+                    f"source {self.name!r}: reader {self.reader} of {self.num_readers} found no samples in "
+                    f"{empty_epochs} whole epochs over {len(self.shards)} shards (first: {self.shards[0]}); the "
+                    "shards are missing, unreadable or hold fewer samples than there are readers (ranks x workers)"
                 )
             pos.epoch += 1
             pos.shard = 0
