@@ -95,6 +95,15 @@ def test_resume_with_another_layout_is_refused_exactly_but_continues(stage3_shar
     assert "not exact" in caplog.text
     assert len(list(itertools.islice(iter(other), 2))) == 2 and other.step == 5
 
+    # The position of another stage's run is ignored altogether.
+    stage2 = _build(
+        {"num_workers": 0, "sources": [{"kind": "captions", "shards": str(stage3_shards / "captions")}]},
+        kosmos_tokenizer,
+        stage="stage2",
+    )
+    stage2.load_state_dict(loader.state_dict())
+    assert stage2.step == 0 and "ignoring the data position" in caplog.text
+
 
 def _write_with_corrupt_samples(folder):
     good = [synthetic_sample("captions", i) for i in range(6)]

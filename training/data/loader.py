@@ -271,6 +271,12 @@ class StatefulLoader:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a data loader state (expected format {STATE_FORMAT!r}, got {state.get('format')!r})")
+        if state.get("stage") != self.plan.stage:
+            # A checkpoint of another stage (stage 3 started from a stage-2 run): its data position means nothing here.
+            log.warning(
+                "ignoring the data position of stage %r: this loader reads %s data", state.get("stage"), self.plan.stage
+            )
+            return
         self._step = int(state["step"])
         workers = {int(k): copy.deepcopy(v) for k, v in state.get("workers", {}).items()}
         same_layout = (
