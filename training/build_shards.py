@@ -135,11 +135,15 @@ def build_compositional(
             relative = path.relative_to(images_dir).as_posix()
             try:
                 image = open_rgb(path)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+            except Exception as err:  # PIL raises many types for broken files; all mean "skip this image"
                 counts["skipped_unreadable"] += 1
                 log.warning("skipping unreadable image %s: %s", path, err)
                 continue
-            sample, outcome = builder.sample(f"{index:08d}", relative, image)
+            try:
+                sample, outcome = builder.sample(f"{index:08d}", relative, image)
+            except Exception:  # one odd image must not end a long build; the report shows how many failed
+                log.exception("skipping %s: captioning, entity extraction or segmentation failed", path)
+                sample, outcome = None, "skipped_error"
             counts[outcome] += 1
             if sample is not None:
                 counts["entities"] += len(sample["json"]["entities"])
@@ -236,7 +240,7 @@ def build_editing(
         for index, record in enumerate(records):
             try:
                 source, target = open_rgb(record.source), open_rgb(record.target)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+            except Exception as err:  # unreadable or missing image: skip the triple
                 counts["skipped_unreadable"] += 1
                 log.warning("skipping edit %s: unreadable image: %s", record.name, err)
                 continue
