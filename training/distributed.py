@@ -62,6 +62,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def abort() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

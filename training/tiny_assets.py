@@ -55,3 +55,22 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_tiny_init(path: str | Path, kosmos_tokenizer: str | Path, seed: int = 0) -> Path:
+    """A random tiny-preset KOSMOS-G in the pack format (a stand-in for a Kosmos-2 conversion in smoke runs)."""
+    import torch
+
+    from kosmos_g_core.checkpoint import save_checkpoint
+    from kosmos_g_core.config import KosmosGConfig
+    from kosmos_g_core.model import KosmosG
+    from kosmos_g_core.tokenizer import KosmosTokenizer
+
+    folder = Path(kosmos_tokenizer)
+    torch.manual_seed(seed)
+    model = KosmosG(KosmosGConfig.tiny(), dtype=torch.float32)
+    tokenizer = KosmosTokenizer.from_files(folder / "sentencepiece.bpe.model", folder / "dict.txt")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model.state_dict(), tokenizer, config=model.config)
+    return path

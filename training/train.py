@@ -122,140 +122,176 @@ def _check_replicas(model: nn.Module, out_dir: Path, info: DistInfo) -> bool:
     return in_sync
 
 
-def run(cfg: TrainConfig) -> RunResult:
-    """Train `cfg.stage` to `cfg.run.max_steps` optimiser steps (resuming when asked), then export."""
-    info = distributed.setup(cfg.run.device)
-    out_dir = Path(cfg.run.out_dir)
-    if info.is_main:
-        save_resolved(cfg, out_dir)
-    seed_everything(cfg.run.seed)  # identical on every rank: the model starts identical everywhere
-    log.info("seed %d (model init); per-rank stream seed %d + rank", cfg.run.seed, cfg.run.seed)
+class Trainer:
+    """One training run: builds everything in __init__, `step()` runs one optimiser step, `run()` the loop."""
 
-    stage = build_stage(cfg.stage)
-    model = stage.build_model(cfg, info.device)
-    if cfg.model.activation_checkpointing and hasattr(stage, "enable_activation_checkpointing"):
-        stage.enable_activation_checkpointing(model)
-    model = _wrap(stage, model, cfg, info)
-    params = [p for p in stage.trainable_parameters(model) if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.run.max_steps)
-    amp_dtype = _PRECISIONS[cfg.parallel.precision] if cfg.parallel.precision in _PRECISIONS else None
-    if cfg.parallel.precision not in _PRECISIONS:
-        raise ValueError(f"parallel.precision = {cfg.parallel.precision!r}: expected one of {sorted(_PRECISIONS)}")
-    scaler = torch.amp.GradScaler(info.device.type) if cfg.parallel.precision == "fp16" else None
+    def __init__(self, cfg: TrainConfig):
+        if cfg.parallel.precision not in _PRECISIONS:
+            raise ValueError(f"parallel.precision = {cfg.parallel.precision!r}: expected one of {sorted(_PRECISIONS)}")
+        self.cfg = cfg
+        self.info = info = distributed.setup(cfg.run.device)
+        self.out_dir = Path(cfg.run.out_dir)
+        if info.is_main:
+            save_resolved(cfg, self.out_dir)
+        seed_everything(cfg.run.seed)  # identical on every rank: the model starts identical everywhere
+        self.stage = build_stage(cfg.stage)
+        model = self.stage.build_model(cfg, info.device)
+        if cfg.model.activation_checkpointing and hasattr(self.stage, "enable_activation_checkpointing"):
+            self.stage.enable_activation_checkpointing(model)
+        # FSDP2 replaces parameters by sharded ones, so the optimiser is built on the wrapped model's parameters.
+        self.model = _wrap(self.stage, model, cfg, info)
+        self.params = [p for p in self.stage.trainable_parameters(self.model) if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.run.max_steps)
+        self.amp_dtype = _PRECISIONS[cfg.parallel.precision]
+        self.scaler = torch.amp.GradScaler(info.device.type) if cfg.parallel.precision == "fp16" else None
+        self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.checkpoint.keep, info.rank, info.world_size)
+        self.loader = self.stage.build_dataloader(cfg, info.rank, info.world_size)
+        self.step_count = 0
+        self.resumed_from = self.ckpt.resolve(cfg.checkpoint.resume)
+        if self.resumed_from is not None:
+            state = self.ckpt.load(self.resumed_from, self.model, self.optimizer, self.scheduler, self.scaler)
+            self.step_count = state["step"]
+            if state["loader"] is not None and hasattr(self.loader, "load_state_dict"):
+                self.loader.load_state_dict(state["loader"])
+        else:
+            # Per-rank streams (noise, timesteps, dropout, CFG drops) differ across ranks, reproducibly.
+            seed_everything(cfg.run.seed + 1 + info.rank)
+            if cfg.checkpoint.resume == "latest":
+                log.info("checkpoint.resume = latest: no checkpoint in %s yet, starting fresh", self.ckpt.root)
+        log.info("seeds: model init %d, rank streams %d + 1 + rank (restored from the checkpoint on resume)",
+                 cfg.run.seed, cfg.run.seed)
+        n_trainable = sum(p.numel() for p in self.params)
+        log.info("stage %s: %d ranks, %s, %s, %.1fM trainable elements on this rank, steps %d -> %d", cfg.stage,
+                 info.world_size, cfg.parallel.strategy, cfg.parallel.precision, n_trainable / 1e6,
+                 self.step_count, cfg.run.max_steps)
+        self._batches: Iterator[dict] | None = None
 
-    ckpt = CheckpointManager(out_dir / "checkpoints", cfg.checkpoint.keep, info.rank, info.world_size)
-    loader = stage.build_dataloader(cfg, info.rank, info.world_size)
-    start_step = 0
-    resume_from = ckpt.resolve(cfg.checkpoint.resume)
-    if resume_from is not None:
-        state = ckpt.load(resume_from, model, optimizer, scheduler, scaler)
-        start_step = state["step"]
-        if state["loader"] is not None and hasattr(loader, "load_state_dict"):
-            loader.load_state_dict(state["loader"])
-    else:
-        # Per-rank streams (noise, timesteps, dropout, CFG drops) differ across ranks, reproducibly.
-        seed_everything(cfg.run.seed + 1 + info.rank)
-        if cfg.checkpoint.resume == "latest":
-            log.info("checkpoint.resume = latest: no checkpoint in %s yet, starting fresh", ckpt.root)
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.info.device.type, dtype=self.amp_dtype)
 
-    logger = MetricsLogger(out_dir, enabled=info.is_main, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
-                           wandb_project=cfg.log.wandb_project, progress=cfg.log.progress,
-                           total_steps=cfg.run.max_steps, start_step=start_step, config=cfg.to_dict())
-    result = RunResult(start_step=start_step, final_step=start_step)
-    n_trainable = sum(p.numel() for p in params)
-    log.info("stage %s: %d ranks, %s, %s, %.1fM trainable tensors elements on this rank, steps %d -> %d",
-             cfg.stage, info.world_size, cfg.parallel.strategy, cfg.parallel.precision, n_trainable / 1e6,
-             start_step, cfg.run.max_steps)
-    metrics_file = out_dir / "metrics.jsonl"
-    autocast = (lambda: torch.autocast(info.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    batches: Iterator[dict] = iter(loader)
-    step = start_step
-    window: dict[str, float] = {}
-    window_steps = 0
-    window_samples = window_tokens = 0
-    window_start = time.perf_counter()
-    last_saved = start_step if resume_from is not None else -1
-    try:
-        while step < cfg.run.max_steps:
-            t0 = time.perf_counter()
-            step_loss = 0.0
-            step_metrics: dict[str, float] = {}
-            for micro in range(cfg.run.grad_accum):
-                batch = next(batches)
-                samples, tokens = _count(stage, batch)
-                window_samples += samples
-                window_tokens += tokens
+    def step(self) -> tuple[float, dict[str, float], int, int]:
+        """One optimiser step over `grad_accum` micro-batches -> (loss, metrics, samples, tokens) of this rank."""
+        cfg = self.cfg
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        step_loss = 0.0
+        metrics_sum: dict[str, float] = {}
+        samples = tokens = 0
+        for micro in range(cfg.run.grad_accum):
+            batch = next(self._batches)
+            n, t = _count(self.stage, batch)
+            samples, tokens = samples + n, tokens + t
+            with distributed.no_sync(self.model, micro < cfg.run.grad_accum - 1)():
+                with self.autocast():
+                    loss, metrics = self.stage.loss(self.model, batch, self.step_count)
+                scaled = loss / cfg.run.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            step_loss += float(loss.detach()) / cfg.run.grad_accum
+            for k, v in metrics.items():
+                metrics_sum[k] = metrics_sum.get(k, 0.0) + v / cfg.run.grad_accum
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        metrics_sum["grad_norm"] = _grad_norm(self.params, cfg.optim.clip_norm)
+        metrics_sum["lr"] = self.scheduler.get_last_lr()[0]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step_count += 1
+        metrics_sum["loss/total"] = step_loss
+        return step_loss, metrics_sum, samples, tokens
+
+    def save(self) -> None:
+        loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
+        self.ckpt.save(self.step_count, self.model, self.optimizer, self.scheduler, self.scaler, loader_state,
+                       {"stage": self.cfg.stage})
+
+    def run(self) -> RunResult:
+        """Train to `run.max_steps` (or `run.stop_after` more steps), checkpoint, export at the end."""
+        cfg, info = self.cfg, self.info
+        result = RunResult(start_step=self.step_count, final_step=self.step_count)
+        end = cfg.run.max_steps
+        if cfg.run.stop_after:
+            end = min(end, self.step_count + cfg.run.stop_after)
+        logger = MetricsLogger(self.out_dir, enabled=info.is_main, tensorboard=cfg.log.tensorboard,
+                               wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project, progress=cfg.log.progress,
+                               total_steps=cfg.run.max_steps, start_step=self.step_count, config=cfg.to_dict())
+        metrics_file = self.out_dir / "metrics.jsonl"
+        window: dict[str, float] = {}
+        window_steps = window_samples = window_tokens = 0
+        window_start = time.perf_counter()
+        last_saved = self.step_count if self.resumed_from is not None else -1
+        try:
+            while self.step_count < end:
+                t0 = time.perf_counter()
+                loss, metrics, samples, tokens = self.step()
+                step = self.step_count
+                result.final_step = step
+                result.losses.append(loss)
+                result.step_times.append(time.perf_counter() - t0)
                 result.samples += samples
                 result.tokens += tokens
-                last_micro = micro == cfg.run.grad_accum - 1
-                with distributed.no_sync(model, not last_micro)():
-                    with autocast():
-                        loss, metrics = stage.loss(model, batch, step)
-                    scaled = loss / cfg.run.grad_accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                step_loss += float(loss.detach()) / cfg.run.grad_accum
+                if not math.isfinite(loss):
+                    log.warning("step %d: non-finite loss %s", step, loss)
                 for k, v in metrics.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.run.grad_accum
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = _grad_norm(params, cfg.optim.clip_norm)
-            lr = scheduler.get_last_lr()[0]
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
+                    window[k] = window.get(k, 0.0) + v
+                window_steps += 1
+                window_samples += samples
+                window_tokens += tokens
+                logger.advance()
+                if step % cfg.log.every == 0 or step == end:
+                    lr = window.pop("lr") / window_steps
+                    means = all_reduce_mean({k: v / window_steps for k, v in window.items()}, info.device)
+                    dt = max(time.perf_counter() - window_start, 1e-9)
+                    rates = all_reduce_mean({"s": window_samples / dt, "t": window_tokens / dt}, info.device)
+                    means.update({"lr": lr, "throughput/samples_per_s": rates["s"] * info.world_size,
+                                  "throughput/tokens_per_s": rates["t"] * info.world_size,
+                                  "throughput/samples_per_s_per_device": rates["s"]})
+                    means.update(memory_metrics(info.device))
+                    if hasattr(self.loader, "stats"):
+                        means.update({f"data/{k}": float(v) for k, v in self.loader.stats.items()})
+                    logger.log(step, means)
+                    if info.is_main:
+                        with open(metrics_file, "a") as f:
+                            f.write(json.dumps({"step": step, **means}) + "\n")
+                    window, window_steps, window_samples, window_tokens = {}, 0, 0, 0
+                    window_start = time.perf_counter()
+                if cfg.sample.every and step % cfg.sample.every == 0:
+                    self.stage.sample(self.model, step, logger)
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                    self.save()
+                    last_saved = step
+            if last_saved != self.step_count:
+                self.save()
+            if self.step_count >= cfg.run.max_steps:
+                export_path = cfg.checkpoint.export_path or str(self.out_dir / "export.safetensors")
+                self.stage.export(self.model, export_path)
+                result.export_path = export_path
             else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            result.final_step = step
-            result.losses.append(step_loss)
-            result.step_times.append(time.perf_counter() - t0)
-            if not math.isfinite(step_loss):
-                log.warning("step %d: non-finite loss %s", step, step_loss)
-            step_metrics.update({"loss/total": step_loss, "grad_norm": grad_norm})
-            for k, v in step_metrics.items():
-                window[k] = window.get(k, 0.0) + v
-            window_steps += 1
-            logger.advance()
+                log.info("stopped at step %d of %d (run.stop_after); resume with checkpoint.resume=latest",
+                         self.step_count, cfg.run.max_steps)
+            if cfg.parallel.check_replicas:
+                _check_replicas(self.model, self.out_dir, info)
+        finally:
+            logger.close()
+        return result
 
-            if step % cfg.log.every == 0 or step == cfg.run.max_steps:
-                means = all_reduce_mean({k: v / window_steps for k, v in window.items()}, info.device)
-                dt = max(time.perf_counter() - window_start, 1e-9)
-                rates = all_reduce_mean({"s": window_samples / dt, "t": window_tokens / dt}, info.device)
-                means.update({"lr": lr, "throughput/samples_per_s": rates["s"] * info.world_size,
-                              "throughput/tokens_per_s": rates["t"] * info.world_size,
-                              "throughput/samples_per_s_per_device": rates["s"]})
-                means.update(memory_metrics(info.device))
-                if hasattr(loader, "stats"):
-                    means.update({f"data/{k}": float(v) for k, v in loader.stats.items()})
-                logger.log(step, means)
-                if info.is_main:
-                    with open(metrics_file, "a") as f:
-                        f.write(json.dumps({"step": step, **means}) + "\n")
-                window, window_steps, window_samples, window_tokens = {}, 0, 0, 0
-                window_start = time.perf_counter()
-            if cfg.sample.every and step % cfg.sample.every == 0:
-                stage.sample(model, step, logger)
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                ckpt.save(step, model, optimizer, scheduler, scaler, _loader_state(loader), {"stage": cfg.stage})
-                last_saved = step
-        if last_saved != step:
-            ckpt.save(step, model, optimizer, scheduler, scaler, _loader_state(loader), {"stage": cfg.stage})
-        export_path = cfg.checkpoint.export_path or str(out_dir / "export.safetensors")
-        stage.export(model, export_path)
-        result.export_path = export_path
-        if cfg.parallel.check_replicas:
-            _check_replicas(model, out_dir, info)
-    finally:
-        logger.close()
+
+def run(cfg: TrainConfig) -> RunResult:
+    """Train `cfg.stage` as configured (resuming when asked), then export; leaves the process group."""
+    try:
+        result = Trainer(cfg).run()
+    except BaseException:
+        distributed.abort()  # no barrier: other ranks may be stuck in a collective
+        raise
     distributed.teardown()
     return result
-
-
-def _loader_state(loader) -> dict | None:
-    return loader.state_dict() if hasattr(loader, "state_dict") else None
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

@@ -30,6 +30,8 @@ class RunConfig:
     max_steps: int = 1000
     grad_accum: int = 1              # micro-batches per optimiser step
     device: str = "auto"             # auto | cpu | cuda
+    stop_after: int = 0              # end this invocation after N optimiser steps (checkpointed; for time-limited
+                                     # jobs: resume with checkpoint.resume = "latest"); 0 = run to max_steps
 
 
 @dataclass(frozen=True)

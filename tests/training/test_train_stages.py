@@ -1,0 +1,217 @@
+"""Each KOSMOS-G stage, in process on CPU with the tiny preset: a few optimiser steps on one fixed batch lower the
+loss, only the paper's trainable parts change, and stage-specific rules hold (stage-2 loss formula, stage-3 null
+conditioning and gradient through the frozen U-Net)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.optim import OptimConfig, build_optimizer
+from training.stages import STAGES
+from training.tiny_assets import write_tiny_init
+from training.train_config import config_from_dict
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matmuls on a shared 2-core machine: one thread avoids spin-waiting on a busy second core.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tokenizer_dir):
+    from training.data.synthetic import write_synthetic_shards
+    from training.sd15 import write_tiny_sd15
+
+    root = tmp_path_factory.mktemp("stage_assets")
+    write_tiny_sd15(root / "sd15")
+    for kind in ("text", "captions", "interleaved", "compositional", "editing"):
+        write_synthetic_shards(root / "shards" / kind, kind, 8)
+    write_tiny_init(root / "init.safetensors", tokenizer_dir)
+    return {"root": root, "tokenizer": tokenizer_dir}
+
+
+def make_cfg(assets, stage: str, kinds: list[str], **model) -> object:
+    root = assets["root"]
+    raw = {
+        "stage": stage,
+        "run": {"out_dir": str(root / "runs" / stage), "max_steps": 10},
+        "model": {"init": str(root / "init.safetensors"), "activation_checkpointing": False, **model},
+        "parallel": {"precision": "fp32"},
+        "sd15": {"path": str(root / "sd15"), "resolution": 16},
+        "data": {"batch_size": 2, "num_workers": 0, "max_tokens": 512,
+                 "sources": [{"kind": k, "shards": str(root / "shards" / k)} for k in kinds]},
+    }
+    return config_from_dict(raw)
+
+
+def fixed_batch(stage, cfg) -> dict:
+    return next(iter(stage.build_dataloader(cfg, 0, 1)))
+
+
+def train_on(stage, model, batch: dict, steps: int, lr: float) -> list[float]:
+    """Steps of AdamW on one batch; the RNG is reset each step so noise, timesteps and dropout repeat."""
+    optimizer = build_optimizer(stage.trainable_parameters(model), OptimConfig(lr=lr, warmup_steps=0))
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(0)
+        loss, _ = stage.loss(model, batch, 0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.kosmos.state_dict().items()}
+
+
+def changed(before: dict, model) -> set[str]:
+    return {k for k, v in model.kosmos.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_stage1_next_token_loss_decreases_and_vision_stays_frozen_but_last_block(assets):
+    cfg = make_cfg(assets, "stage1", ["interleaved"], init="", preset="tiny", tokenizer=str(assets["tokenizer"]))
+    stage = STAGES["stage1"]()
+    model = stage.build_model(cfg, torch.device("cpu"))
+    batch = fixed_batch(stage, cfg)
+    assert batch["pixels"].shape[0] > 0  # interleaved: images go through the vision tower
+    before = snapshot(model)
+    losses = train_on(stage, model, batch, 5, 1e-3)
+    assert losses[-1] < losses[0] - 0.5, losses
+    moved = changed(before, model)
+    assert any(k.startswith("gpt_model.decoder.layers.") for k in moved)
+    assert any(k.startswith("img_connector.") for k in moved)
+    assert any(k.startswith("img_model.visual.transformer.resblocks.1.") for k in moved)  # last block
+    assert not any(k.startswith("img_model.visual.transformer.resblocks.0.") for k in moved)
+    assert not any(k.startswith("aligner.") for k in moved)
+
+
+def test_stage1_loss_is_cross_entropy_on_loss_mask_positions_only(assets):
+    cfg = make_cfg(assets, "stage1", ["interleaved"])
+    stage = STAGES["stage1"]()
+    model = stage.build_model(cfg, torch.device("cpu")).eval()
+    batch = fixed_batch(stage, cfg)
+    loss, _ = model(batch)
+    embeds = model.kosmos.encode_images(batch["pixels"])
+    _, logits = model.kosmos.mllm_forward(batch["tokens"], embeds, batch["image_mask"], return_logits=True)
+    mask = batch["loss_mask"][:, :-1]
+    expected = F.cross_entropy(logits[:, :-1][mask], batch["tokens"][:, 1:][mask])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert not mask[batch["image_mask"][:, 1:]].any()  # image slots are never targets
+
+
+def test_stage2_trains_only_the_aligner_with_the_reference_loss(assets):
+    cfg = make_cfg(assets, "stage2", ["captions"])
+    stage = STAGES["stage2"]()
+    model = stage.build_model(cfg, torch.device("cpu"))
+    assert model.kosmos.config.aligner.with_decoder
+    batch = fixed_batch(stage, cfg)
+
+    # The formula of reference §4.3, recomputed by hand (eval mode: no dropout).
+    model.eval()
+    loss, metrics = model(batch)
+    tokens = batch["tokens"]
+    hidden = model.kosmos.mllm_forward(tokens)
+    from training.sd15 import clip_ids
+
+    target = model.frozen["text_encoder"](clip_ids(model.frozen["clip_tokenizer"], batch["captions"],
+                                                   torch.device("cpu"))).last_hidden_state
+    z = model.kosmos.align(hidden, tokens)
+    T = tokens.shape[1]
+    expected = ((z - target) ** 2).mean() + ((model.kosmos.aligner.reconstruct(z, T) - hidden) ** 2).mean() * 77 / T
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert set(metrics) == {"loss/mse", "loss/rec"}
+
+    model.train()
+    before = snapshot(model)
+    losses = train_on(stage, model, batch, 5, 1e-3)
+    assert losses[-1] < 0.8 * losses[0], losses
+    moved = changed(before, model)
+    assert moved and all(k.startswith("aligner.") for k in moved)
+    assert any(k.startswith("aligner.decoder") for k in moved)  # N trains too
+
+
+def test_stage2_drops_captions_over_75_clip_tokens(assets):
+    cfg = make_cfg(assets, "stage2", ["captions"])
+    stage = STAGES["stage2"]()
+    stage.build_model(cfg, torch.device("cpu"))
+    keep = stage._caption_filter()
+    assert keep("a photo of a dog")
+    assert keep(" ".join(["dog"] * 75)) and not keep(" ".join(["dog"] * 76))
+
+
+def test_stage3_diffusion_loss_decreases_through_the_frozen_unet(assets):
+    cfg = make_cfg(assets, "stage3", ["compositional"], cond_dropout=0.0)
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu"))
+    unet = model.frozen["unet"]
+    assert not any(p.requires_grad for p in unet.parameters())
+    assert model.kosmos.config.aligner is not None and not model.kosmos.config.aligner.with_decoder
+    batch = fixed_batch(stage, cfg)
+    assert batch["target"].shape[-1] == 16
+    unet_before = {k: v.clone() for k, v in unet.state_dict().items()}
+    before = snapshot(model)
+    losses = train_on(stage, model, batch, 6, 1e-3)
+    assert losses[-1] < losses[0], losses
+    moved = changed(before, model)
+    # Gradient reached the MLLM, connector, AlignerNet M and the last ViT block through the U-Net; nothing else.
+    for prefix in ("gpt_model.decoder.layers.", "img_connector.", "aligner.encoder", "img_model.visual.ln_post."):
+        assert any(k.startswith(prefix) for k in moved), prefix
+    assert not any(k.startswith("img_model.visual.transformer.resblocks.0.") for k in moved)
+    assert all(torch.equal(unet_before[k], v) for k, v in unet.state_dict().items())
+
+
+def test_stage3_null_condition_replaces_dropped_samples(assets):
+    cfg = make_cfg(assets, "stage3", ["captions"], cond_dropout=1.0)
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu")).eval()
+    seen = {}
+    unet = model.frozen["unet"]
+
+    def record(module, args, kwargs):
+        seen["ctx"] = kwargs["encoder_hidden_states"].detach()
+
+    hook = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _, metrics = model(fixed_batch(stage, cfg))
+    finally:
+        hook.remove()
+    null = model.kosmos.null_condition()
+    assert metrics["cond/null_share"] == 1.0
+    torch.testing.assert_close(seen["ctx"], null.expand_as(seen["ctx"]), rtol=1e-5, atol=1e-5)
+
+
+def test_stage3_samples_render_images(assets, tmp_path):
+    cfg = make_cfg(assets, "stage3", ["captions"])
+    from dataclasses import replace
+
+    cfg = replace(cfg, run=replace(cfg.run, out_dir=str(tmp_path)),
+                  sample=replace(cfg.sample, every=1, prompts=("a photo of a dog",), steps=2, resolution=16))
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu"))
+
+    class Writer:
+        def images(self, tag, images, step):
+            self.got = (tag, images.shape, float(images.min()), float(images.max()), step)
+
+    writer = Writer()
+    stage.sample(model, 3, writer)
+    tag, shape, lo, hi, step = writer.got
+    assert tag == "samples" and shape == (1, 3, 16, 16) and 0.0 <= lo <= hi <= 1.0 and step == 3
+    assert (tmp_path / "samples" / "step_00000003_0.png").is_file()
+    assert model.training  # sampling leaves train mode as it found it
+
+
+def test_unknown_stage_and_registry():
+    assert {"stage1", "stage2", "stage3"} <= set(STAGES)
+    from training.train import build_stage
+
+    with pytest.raises(ValueError, match="registered stages"):
+        build_stage("stage9")
