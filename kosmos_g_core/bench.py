@@ -1,0 +1,296 @@
+"""`python -m kosmos_g_core.bench`: load time, load memory and encode speed of the pack's checkpoint format, and the
+MLLM forward against transformers' Kosmos-2 text model with the same weights.
+
+Three processes, so each measurement starts clean:
+1. a child builds a random KOSMOS-G at the chosen size directly in the chosen dtype (no fp32 copy) and saves it in the
+   pack's format;
+2. a fresh child loads it (time, peak resident memory vs the file size), encodes "<i> wearing <i>" with two images,
+   then builds transformers' `Kosmos2TextModel` at the same dimensions *sharing* the loaded MLLM tensors (no copy)
+   and times both MLLM forwards on the same ids and image embeddings, alternating runs;
+3. this process prints the table.
+
+Both MLLMs run in the same dtype, threads and inputs, under `torch.inference_mode`, with SDPA attention.
+The tokenizer files come from `--tokenizer-dir` (default: the project's shared data folder beside the checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROMPT = "<i> wearing <i>"
+_DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kosmos_tokenizer"
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _peak_rss()
+
+
+def _loadavg() -> float:
+    """1-minute load average: timings on a machine busy with other work are slower for both sides alike."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _config(size: str):
+    from .config import PRESETS
+
+    return PRESETS[size]
+
+
+def _tokenizer(tokenizer_dir: Path):
+    from .tokenizer import KosmosTokenizer
+
+    spm, vocab = tokenizer_dir / "sentencepiece.bpe.model", tokenizer_dir / "dict.txt"
+    if not (spm.is_file() and vocab.is_file()):
+        raise SystemExit(f"{tokenizer_dir}: needs sentencepiece.bpe.model and dict.txt (pass --tokenizer-dir)")
+    return KosmosTokenizer.from_files(spm, vocab)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stage 1: build and save
+
+
+def _build(args: argparse.Namespace) -> dict[str, Any]:
+    from .checkpoint import save_checkpoint
+    from .model import KosmosG
+
+    dtype = DTYPES[args.dtype]
+    config = _config(args.size)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = KosmosG(config, dtype=dtype)  # parameters are created in `dtype`: never an fp32 copy
+    build_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    save_checkpoint(args.file, model, _tokenizer(args.tokenizer_dir), dtype=dtype)
+    return {"params": params, "build_s": build_s, "save_s": time.perf_counter() - t0,
+            "build_peak_rss": _peak_rss(), "file_bytes": Path(args.file).stat().st_size}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stage 2: load, encode, compare with transformers
+
+
+def _images(paths: Sequence[Path]):
+    from PIL import Image
+
+    if paths:
+        return [Image.open(p) for p in paths]
+    # DreamBench-like: two 512 px photos; smooth colour fields with noise stand in for them.
+    gen = torch.Generator().manual_seed(0)
+    images = []
+    for size in ((512, 512), (512, 384)):
+        h, w = size
+        ramp = torch.linspace(0, 1, w).expand(h, w)
+        rgb = torch.stack([ramp, ramp.T.mean() * torch.ones(h, w), 1 - ramp], -1)
+        rgb = (rgb * 200 + torch.rand(h, w, 3, generator=gen) * 55).clamp(0, 255).to(torch.uint8)
+        images.append(Image.fromarray(rgb.numpy()))
+    return images
+
+
+def _elapsed(fn: Callable[[], object]) -> float:
+    """Wall time of one call, in seconds."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _hf_text_model(model, dtype: torch.dtype):
+    """transformers' Kosmos2TextModel at the MLLM's dimensions, its parameters *being* the loaded MLLM tensors."""
+    from transformers.models.kosmos2.modeling_kosmos2 import Kosmos2TextConfig, Kosmos2TextModel
+
+    m = model.config.mllm
+    cfg = Kosmos2TextConfig(vocab_size=m.vocab_size, embed_dim=m.dim, layers=m.layers, ffn_dim=m.ffn_dim,
+                            attention_heads=m.heads, max_position_embeddings=m.max_positions, dropout=0.0,
+                            attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0, scale_embedding=True,
+                            pad_token_id=m.pad_id)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        hf = Kosmos2TextModel(cfg)
+    prefix = "gpt_model.decoder."
+    state = {"model." + k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    hf.load_state_dict(state, strict=True, assign=True)
+    positions = hf.model.embed_positions  # its sinusoid table is a non-persistent buffer: rebuild it for real
+    table = positions.get_embedding(positions.num_positions + positions.offset, positions.embedding_dim,
+                                    positions.padding_idx)
+    positions.register_buffer("weights", table.to(dtype), persistent=False)
+    return hf.eval()
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    from .checkpoint import load_checkpoint
+    from .prompt import InterleavedPrompt
+
+    dtype = DTYPES[args.dtype]
+    result: dict[str, Any] = {"threads": torch.get_num_threads(), "rss_before_load": _current_rss(),
+                              "loadavg_start": _loadavg()}
+    t0 = time.perf_counter()
+    model = load_checkpoint(args.file, dtype=dtype)
+    result["load_s"] = time.perf_counter() - t0
+    result["load_peak_rss"] = _peak_rss()
+
+    prompt = InterleavedPrompt.from_text(PROMPT, images=_images(args.images))
+    with torch.inference_mode():
+        model.encode(prompt)  # warm-up
+        encode = [_elapsed(lambda: model.encode(prompt)) for _ in range(args.repeats)]
+    result["encode_s"] = statistics.median(encode)
+    result["encode_peak_rss"] = _peak_rss()
+
+    batch = model.collate([prompt])
+    with torch.inference_mode():
+        image_embeds = model.encode_images(batch.pixels.to(dtype))
+        hf = _hf_text_model(model, dtype)
+        mask = batch.image_mask
+
+        def ours():
+            return model.mllm_forward(batch.tokens, image_embeds, mask)
+
+        def theirs():
+            return hf(input_ids=batch.tokens, image_embeds=image_embeds, image_embeds_position_mask=mask.long(),
+                      use_cache=False).last_hidden_state
+
+        a, b = ours(), theirs()  # warm-up, and the outputs to compare
+        result["hidden_max_abs_diff"] = float((a.float() - b.float()).abs().max())
+        result["hidden_max_abs"] = float(a.float().abs().max())
+        ours_t, theirs_t = [], []
+        for _ in range(args.repeats):  # alternate, so drift in machine load hits both alike
+            ours_t.append(_elapsed(ours))
+            theirs_t.append(_elapsed(theirs))
+    result.update({"tokens": int(batch.tokens.shape[1]), "mllm_ours_s": statistics.median(ours_t),
+                   "mllm_hf_s": statistics.median(theirs_t), "hf_attn": hf.config._attn_implementation,
+                   "final_peak_rss": _peak_rss(), "loadavg_end": _loadavg()})
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def _child(stage: str, args: argparse.Namespace, file: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "kosmos_g_core.bench", "--stage", stage, "--file", str(file),
+           "--size", args.size, "--dtype", args.dtype, "--repeats", str(args.repeats),
+           "--tokenizer-dir", str(args.tokenizer_dir)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    for image in args.images:
+        cmd += ["--images", str(image)]
+    log.info("running %s", " ".join(cmd[3:]))
+    # The child imports this same package, wherever it was imported from here (a checkout or site-packages).
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark stage '{stage}' failed with exit code {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _table(args: argparse.Namespace, built: dict[str, Any], measured: dict[str, Any]) -> str:
+    size = built["file_bytes"]
+    speed = measured["mllm_hf_s"] / measured["mllm_ours_s"]
+    rows = [
+        ("model", f"{args.size}, {built['params'] / 1e9:.3f}B parameters, {args.dtype}, "
+                  f"{measured['threads']} CPU threads"),
+        ("machine load average (1 min)", f"{measured['loadavg_start']:.1f} at load, {measured['loadavg_end']:.1f} at end "
+                                         f"({os.cpu_count()} CPUs)"),
+        ("file size", _gb(size)),
+        ("build + save (random weights)", f"{built['build_s']:.1f} s + {built['save_s']:.1f} s, "
+                                          f"peak RSS {_gb(built['build_peak_rss'])}"),
+        ("load time", f"{measured['load_s']:.1f} s"),
+        ("peak RSS of the load process", f"{_gb(measured['load_peak_rss'])} = "
+                                         f"{measured['load_peak_rss'] / size:.2f} x file size (target <= 1.25); "
+                                         f"{_gb(measured['rss_before_load'])} before loading"),
+        (f"encode '{PROMPT}', 2 images", f"{measured['encode_s']:.2f} s (cond + uncond; median of {args.repeats})"),
+        ("peak RSS after encode", f"{_gb(measured['encode_peak_rss'])} = {measured['encode_peak_rss'] / size:.2f} x"),
+        (f"MLLM forward, {measured['tokens']} tokens: ours", f"{measured['mllm_ours_s']:.3f} s"),
+        (f"MLLM forward: transformers Kosmos2TextModel ({measured['hf_attn']})", f"{measured['mllm_hf_s']:.3f} s"),
+        ("ours vs transformers", f"{speed:.2f}x the speed (target >= 1.0); max |hidden diff| "
+                                 f"{measured['hidden_max_abs_diff']:.3g} (max |hidden| {measured['hidden_max_abs']:.3g})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kosmos_g_core.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("official", "tiny"), default="official")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="file and compute dtype (default bf16)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
+    p.add_argument("--images", type=Path, action="append", default=[],
+                   help="an image file (give two); default: two synthetic 512 px images")
+    p.add_argument("--tokenizer-dir", type=Path, default=Path(os.environ.get("KOSMOS_G_TOKENIZER",
+                                                                             _DEFAULT_TOKENIZER_DIR)),
+                   help="folder with sentencepiece.bpe.model and dict.txt")
+    p.add_argument("--workdir", type=Path, help="where to write the checkpoint (default: a temporary folder)")
+    p.add_argument("--json", type=Path, help="also write the raw numbers here")
+    p.add_argument("--stage", choices=("build", "measure"), help=argparse.SUPPRESS)
+    p.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.stage:  # a child: one JSON line on stdout
+        result = _build(args) if args.stage == "build" else _measure(args)
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+    if len(args.images) not in (0, 2):
+        raise SystemExit("give --images twice (two images) or not at all")
+    _tokenizer(args.tokenizer_dir)  # fail early
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        file = Path(tmp) / f"kosmos_g_{args.size}_{args.dtype}.safetensors"
+        built = _child("build", args, file)
+        measured = _child("measure", args, file)
+    sys.stdout.write(_table(args, built, measured))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "build": built,
+                                         "measure": measured}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
