@@ -24,7 +24,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,11 +124,15 @@ class CompositionalBuilder:
 
 
 def build_compositional(
-    images_dir: Path, out_dir: Path, builder: CompositionalBuilder, shard_size: int
+    images_dir: Path, out_dir: Path, builder: CompositionalBuilder, shard_size: int, seed: int = 0
 ) -> tuple[Counter, list[Path]]:
-    """Write ``out_dir/compositional-NNNNNN.tar``; returns the counts and the shard paths."""
+    """Write ``out_dir/compositional-NNNNNN.tar``; returns the counts and the shard paths.
+
+    Images are written in a seeded random order: the loader reads each shard in order, so the shuffle happens here.
+    """
     counts: Counter = Counter()
     paths = list_images(images_dir)
+    random.Random(f"compositional/{seed}").shuffle(paths)
     counts["images_found"] = len(paths)
     with ShardWriter(out_dir, "compositional", shard_size) as writer:
         for index, path in enumerate(paths):
@@ -233,11 +237,14 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
 
 
 def build_editing(
-    records: Iterator[EditRecord], out_dir: Path, size: int, shard_size: int
+    records: Iterable[EditRecord], out_dir: Path, size: int, shard_size: int, seed: int = 0
 ) -> tuple[Counter, list[Path]]:
+    """Write ``out_dir/editing-NNNNNN.tar`` in a seeded random order of the triples."""
     counts: Counter = Counter()
+    ordered = list(records)
+    random.Random(f"editing/{seed}").shuffle(ordered)
     with ShardWriter(out_dir, "editing", shard_size) as writer:
-        for index, record in enumerate(records):
+        for index, record in enumerate(ordered):
             try:
                 source, target = open_rgb(record.source), open_rgb(record.target)
             except Exception as err:  # unreadable or missing image: skip the triple
@@ -273,7 +280,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-entities", type=int, default=4, help="at most this many entities per image")
     parser.add_argument("--caption-tokens", type=int, default=30, help="max new tokens per caption (default 30)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="picks the InstructPix2Pix seed pair per prompt")
+    parser.add_argument("--seed", type=int, default=0, help="write order and InstructPix2Pix seed pairs")
     parser.add_argument("--ip2p-all-pairs", action="store_true", help="write every seed pair of a prompt")
     args = parser.parse_args(argv)
     if args.images is None and args.ip2p is None:
@@ -306,11 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 captions=read_captions(args.captions) if args.captions is not None else None,
                 size=args.size,
             )
-            counts, paths = build_compositional(args.images, args.out / "compositional", builder, args.shard_size)
+            counts, paths = build_compositional(
+                args.images, args.out / "compositional", builder, args.shard_size, args.seed
+            )
             report["compositional"] = {**dict(counts), "shards": [str(p) for p in paths]}
         if args.ip2p is not None:
             records = read_ip2p(args.ip2p, args.seed, args.ip2p_all_pairs)
-            counts, paths = build_editing(records, args.out / "editing", args.size, args.shard_size)
+            counts, paths = build_editing(records, args.out / "editing", args.size, args.shard_size, args.seed)
             report["editing"] = {**dict(counts), "shards": [str(p) for p in paths]}
     except (ModelFolderError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
