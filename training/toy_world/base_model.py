@@ -1,0 +1,218 @@
+"""The toy world's base text-to-image model: SD1.5's classes at a tiny size, saved in SD1.5's folder layout.
+
+`unet/` UNet2DConditionModel (cross_attention_dim 768), `vae/` AutoencoderKL (x2 downsampling), `text_encoder/`
+CLIPTextModel (hidden 768, outputs (B, 77, 768) like SD1.5's CLIP ViT-L text tower), `tokenizer/` a CLIPTokenizer with
+the toy vocabulary, `scheduler/` SD1.5's DDPM schedule. Anything that reads an SD1.5 diffusers folder (the trainer's
+`sd15.path`, the evaluation sampler) reads this one.
+
+Training, in `train_base_model`: the VAE first (reconstruction + a small KL term; its scaling factor is then set to
+1 / std of the latents, as SD's 0.18215 was chosen), then the U-Net on captions with the epsilon-prediction loss and
+10 % empty captions for classifier-free guidance. The text encoder stays frozen at its seeded random initialisation,
+as CLIP is frozen in SD1.5: a fixed, deterministic map from each caption to distinct (77, 768) vectors that the U-Net
+learns to read (training it too would cost most of the CPU budget for no gain in this closed vocabulary).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .clip_tokenizer import write_clip_tokenizer
+from .scenes import random_scene, render, vocabulary
+
+log = logging.getLogger(__name__)
+
+SD15_SCHEDULER = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+    "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "prediction_type": "epsilon",
+}
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    image_size: int = 32
+    vae_channels: tuple[int, ...] = (16, 32, 32)  # x4 downsampling: 32 px scenes -> 8 x 8 x 4 latents
+    latent_channels: int = 4
+    unet_channels: tuple[int, ...] = (32, 64)
+    unet_heads: int = 4
+    text_layers: int = 1
+    text_heads: int = 12
+    text_ffn: int = 256
+    context_dim: int = 768  # SD1.5's cross-attention width; KosmosGConfig.tiny()'s AlignerNet outputs it too
+    max_length: int = 77
+    # training
+    vae_steps: int = 500
+    vae_lr: float = 2e-3
+    unet_steps: int = 2000
+    unet_lr: float = 1e-3
+    batch_size: int = 32
+    describe_prob: float = 0.5  # captions that name the subject's colour and shape words
+    uncond_prob: float = 0.1
+
+    @classmethod
+    def toy(cls) -> BaseModelConfig:
+        return cls()
+
+    @classmethod
+    def test(cls) -> BaseModelConfig:
+        """Seconds-scale smoke configuration for tests."""
+        return cls(vae_channels=(8, 8), unet_channels=(16, 32), unet_heads=2, text_layers=1, text_ffn=64,
+                   vae_steps=3, unet_steps=3, batch_size=4)
+
+
+PRESETS = {"toy": BaseModelConfig.toy, "test": BaseModelConfig.test}
+
+
+def build_components(cfg: BaseModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+    """Fresh (unet, vae, text_encoder) with random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    groups = min(16, cfg.vae_channels[0])
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
+        block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=groups, sample_size=cfg.image_size,
+    )
+    latent_size = cfg.image_size // 2 ** (len(cfg.vae_channels) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=cfg.unet_channels, layers_per_block=1, cross_attention_dim=cfg.context_dim,
+        attention_head_dim=cfg.unet_heads, norm_num_groups=min(32, cfg.unet_channels[0]),
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=cfg.context_dim, intermediate_size=cfg.text_ffn,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_length,
+        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, projection_dim=cfg.context_dim,
+    ))
+    return unet, vae, text
+
+
+def _batch(rng: random.Random, cfg: BaseModelConfig) -> tuple[torch.Tensor, list[str]]:
+    """(B, 3, S, S) in [-1, 1] and their captions (attribute words on `describe_prob`, empty on `uncond_prob`)."""
+    images, captions = [], []
+    for _ in range(cfg.batch_size):
+        scene = random_scene(rng)
+        images.append(np.asarray(render(scene, cfg.image_size), np.float32) / 127.5 - 1.0)
+        r = rng.random()
+        captions.append("" if r < cfg.uncond_prob else scene.caption(describe=rng.random() < cfg.describe_prob))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), captions
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """SD1.5's way: pad to 77 with the tokenizer, last hidden state (after the final LayerNorm) -> (B, 77, 768)."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig(), seed: int = 0,
+                     threads: int | None = None) -> Path:
+    """Train and save the toy base model as an SD1.5-layout diffusers folder. Returns `out_dir`."""
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    out = Path(out_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(vocabulary(), out / "tokenizer", cfg.max_length))
+    unet, vae, text = build_components(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                       tokenizer.eos_token_id)
+
+    t0 = time.time()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    vae.train()
+    for step in range(cfg.vae_steps):
+        x, _ = _batch(rng, cfg)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log.info("vae step %d/%d loss %.5f (%.0fs)", step, cfg.vae_steps, loss.item(), time.time() - t0)
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(_batch(rng, cfg)[0]).latent_dist.mode() for _ in range(4)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae_loss = float(loss.item()) if cfg.vae_steps else float("nan")
+
+    scheduler = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k != "set_alpha_to_one"})
+    text.eval().requires_grad_(False)
+    text_cache: dict[str, torch.Tensor] = {}  # the toy vocabulary has ~100 distinct captions
+
+    def embed(captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in text_cache})
+        if missing:
+            with torch.no_grad():
+                for c, e in zip(missing, encode_text(tokenizer, text, missing), strict=True):
+                    text_cache[c] = e
+        return torch.stack([text_cache[c] for c in captions])
+
+    params = list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    unet.train()
+    losses: list[float] = []
+    for step in range(cfg.unet_steps):
+        x, captions = _batch(rng, cfg)
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
+        noisy = scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=embed(captions)).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == cfg.unet_steps - 1:
+            log.info("unet step %d/%d loss %.4f (%.0fs)", step, cfg.unet_steps, float(np.mean(losses[-100:])),
+                     time.time() - t0)
+    unet.eval()
+
+    unet.save_pretrained(out / "unet")
+    vae.save_pretrained(out / "vae")
+    text.save_pretrained(out / "text_encoder")
+    scheduler.save_pretrained(out / "scheduler")
+    cfg_path = out / "scheduler" / "scheduler_config.json"
+    sched_cfg = json.loads(cfg_path.read_text()) | {"set_alpha_to_one": False, "skip_prk_steps": True}
+    cfg_path.write_text(json.dumps(sched_cfg, indent=2))
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None], "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }, indent=2))
+    (out / "toy_base_model.json").write_text(json.dumps({
+        "config": asdict(cfg), "seed": seed, "vae_final_loss": vae_loss,
+        "unet_final_loss": float(np.mean(losses[-100:])) if losses else None, "seconds": time.time() - t0,
+    }, indent=2))
+    log.info("toy base model saved to %s (%.0fs)", out, time.time() - t0)
+    return out
+
+
+def load_text_side(folder: str | Path):
+    """(tokenizer, text_encoder) of a saved base model, for text-only generation with the base model itself."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    return (CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+            CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).eval())

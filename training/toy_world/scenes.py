@@ -1,0 +1,148 @@
+"""Procedural toy scenes: a subject (shape variant x colour) on a background that the caption names.
+
+A subject's appearance is drawn from a fixed palette and shape list that have no relation to the caption's place
+or class word, so text alone ("a toy on the beach") cannot say which subject to draw: only the reference image can.
+The base text-to-image model is taught the attribute words on half of its captions ("a red round toy on the beach"),
+the way SD1.5 knows colours and shapes, so the frozen U-Net is able to draw every subject; the KOSMOS-G prompts and
+the text-only baseline never use those words.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Places: the caption names them; the background colour shows them (text fidelity is scored on it).
+PLACES: dict[str, tuple[int, int, int]] = {
+    "on the beach": (226, 204, 140),
+    "in the snow": (238, 240, 246),
+    "on the grass": (60, 140, 60),
+    "at night": (25, 25, 72),
+    "in the sea": (38, 98, 190),
+}
+# Subject colours (with the word the base model learns for each); chosen far from every background colour.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (222, 30, 34),
+    "orange": (250, 140, 0),
+    "pink": (232, 62, 200),
+    "cyan": (0, 214, 222),
+    "brown": (122, 62, 20),
+}
+SHAPES: dict[str, str] = {"disc": "round", "square": "square", "triangle": "pointed", "cross": "crossed"}
+CLASS_WORD = "toy"
+SUBJECT_HALF = 0.25  # subject half-extent as a fraction of the image side (a 16 px subject in a 32 px scene)
+JITTER = 0.09  # maximum centre offset, fraction of the side
+
+
+@dataclass(frozen=True)
+class Subject:
+    shape: str  # key of SHAPES
+    colour: str  # key of COLOURS
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour}_{self.shape}"
+
+    def description(self) -> str:
+        """The attribute words the base model learns: 'red round'."""
+        return f"{self.colour} {SHAPES[self.shape]}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    subject: Subject
+    place: str
+    cx: float  # subject centre, fractions of the side
+    cy: float
+
+    def caption(self, describe: bool = False) -> str:
+        subject = f"{self.subject.description()} {CLASS_WORD}" if describe else CLASS_WORD
+        return f"a {subject} {self.place}"
+
+    def entity_span(self) -> tuple[int, int]:
+        """Character span of the class word in `caption()` (the compositional shards' entity)."""
+        start = len("a ")
+        return start, start + len(CLASS_WORD)
+
+
+def all_subjects() -> list[Subject]:
+    return [Subject(s, c) for s in SHAPES for c in COLOURS]
+
+
+def random_scene(rng: random.Random, subject: Subject | None = None, place: str | None = None) -> Scene:
+    subjects = all_subjects()
+    return Scene(
+        subject if subject is not None else rng.choice(subjects),
+        place if place is not None else rng.choice(list(PLACES)),
+        0.5 + rng.uniform(-JITTER, JITTER),
+        0.5 + rng.uniform(-JITTER, JITTER),
+    )
+
+
+def shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]] | None:
+    """Polygon vertices in pixels for a shape centred at (cx, cy) with half-extent `half`; None for the disc."""
+    if shape == "disc":
+        return None
+    if shape == "square":
+        h = half * 0.85  # equal area-ish with the disc, so size does not give the shape away
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":
+        return [(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+    if shape == "cross":
+        t = half * 0.38
+        return [(cx - t, cy - half), (cx + t, cy - half), (cx + t, cy - t), (cx + half, cy - t), (cx + half, cy + t),
+                (cx + t, cy + t), (cx + t, cy + half), (cx - t, cy + half), (cx - t, cy + t), (cx - half, cy + t),
+                (cx - half, cy - t), (cx - t, cy - t)]
+    raise ValueError(f"unknown shape {shape!r}; known: {list(SHAPES)}")
+
+
+def draw_subject(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, half: float, fill) -> None:
+    poly = shape_polygon(shape, cx, cy, half)
+    if poly is None:
+        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=fill)
+    else:
+        draw.polygon(poly, fill=fill)
+
+
+def subject_mask(shape: str, size: int, cx: float, cy: float) -> np.ndarray:
+    """Boolean (size, size) mask of a shape centred at fractional (cx, cy)."""
+    img = Image.new("L", (size, size), 0)
+    draw_subject(ImageDraw.Draw(img), shape, cx * size, cy * size, SUBJECT_HALF * size, 255)
+    return np.asarray(img) > 127
+
+
+def render(scene: Scene, size: int = 32) -> Image.Image:
+    img = Image.new("RGB", (size, size), PLACES[scene.place])
+    draw_subject(ImageDraw.Draw(img), scene.subject.shape, scene.cx * size, scene.cy * size, SUBJECT_HALF * size,
+                 COLOURS[scene.subject.colour])
+    return img
+
+
+def render_mask(scene: Scene, size: int = 32) -> Image.Image:
+    """Full-image subject mask, L mode 0/255."""
+    return Image.fromarray(subject_mask(scene.subject.shape, size, scene.cx, scene.cy).astype(np.uint8) * 255, "L")
+
+
+def reference_image(subject: Subject, size: int = 64, cutout: bool = False, place: str = "on the grass",
+                    crop: float = 0.75) -> Image.Image:
+    """The subject's reference picture: a square crop around it with background, or the white-background cut-out.
+
+    `crop` = side of the crop as a fraction of the scene side (the subject fills 2 * SUBJECT_HALF of the scene)."""
+    scene = Scene(subject, place, 0.5, 0.5)
+    big = render(scene, size=round(size / crop))
+    if cutout:
+        mask = render_mask(scene, big.width)
+        big = Image.composite(big, Image.new("RGB", big.size, (255, 255, 255)), mask)
+    off = (big.width - size) // 2
+    return big.crop((off, off, off + size, off + size))
+
+
+def vocabulary() -> list[str]:
+    """Every word a toy caption can contain (for the base model's CLIP tokenizer)."""
+    words = {"a", CLASS_WORD, *COLOURS, *SHAPES.values()}
+    for place in PLACES:
+        words.update(place.split())
+    return sorted(words)

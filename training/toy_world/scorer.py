@@ -1,0 +1,102 @@
+"""The toy world's exact scorer: which place, colour and shape does an image show?
+
+On an image resized to 32 x 32 (bilinear):
+1. background = per-channel median of the 2-pixel border ring; the place is the nearest PLACES colour.
+2. subject mask = pixels farther than FOREGROUND_DISTANCE (RGB, 0..255) from the background; fewer than
+   MIN_SUBJECT_PIXELS pixels means "no subject" (colour and shape both wrong).
+3. colour = nearest COLOURS entry to the per-channel median of the mask pixels.
+4. shape = the SHAPES template, drawn so its centroid sits on the mask's centroid, with the highest IoU against the mask.
+Subject fidelity = mean of colour-correct and shape-correct; text fidelity = place-correct.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .scenes import COLOURS, PLACES, SHAPES, Subject, subject_mask
+
+SCORE_SIZE = 32
+FOREGROUND_DISTANCE = 60.0
+MIN_SUBJECT_PIXELS = 12
+
+
+@dataclass(frozen=True)
+class Reading:
+    place: str
+    colour: str | None
+    shape: str | None
+    shape_iou: float
+    subject_pixels: int
+
+
+def _nearest(value: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
+    names = list(table)
+    dists = [float(np.linalg.norm(value - np.asarray(table[n], np.float64))) for n in names]
+    return names[int(np.argmin(dists))]
+
+
+@functools.cache
+def _centroid_offset(shape: str) -> tuple[float, float]:
+    """Centroid of a shape minus its drawing centre, in fractions of the side (non-zero for the triangle)."""
+    size = 256
+    ys, xs = np.nonzero(subject_mask(shape, size, 0.5, 0.5))
+    return (xs.mean() + 0.5) / size - 0.5, (ys.mean() + 0.5) / size - 0.5
+
+
+def read_image(image: Image.Image) -> Reading:
+    img = image.convert("RGB")
+    if img.size != (SCORE_SIZE, SCORE_SIZE):
+        img = img.resize((SCORE_SIZE, SCORE_SIZE), Image.BILINEAR)
+    px = np.asarray(img, np.float64)  # (32, 32, 3)
+    ring = np.ones((SCORE_SIZE, SCORE_SIZE), bool)
+    ring[2:-2, 2:-2] = False
+    background = np.median(px[ring], axis=0)
+    place = _nearest(background, PLACES)
+    mask = np.linalg.norm(px - background, axis=-1) > FOREGROUND_DISTANCE
+    count = int(mask.sum())
+    if count < MIN_SUBJECT_PIXELS:
+        return Reading(place, None, None, 0.0, count)
+    colour = _nearest(np.median(px[mask], axis=0), COLOURS)
+    ys, xs = np.nonzero(mask)
+    cx, cy = (xs.mean() + 0.5) / SCORE_SIZE, (ys.mean() + 0.5) / SCORE_SIZE
+    best, best_iou = None, -1.0
+    for shape in SHAPES:
+        dx, dy = _centroid_offset(shape)
+        template = subject_mask(shape, SCORE_SIZE, cx - dx, cy - dy)
+        iou = float((template & mask).sum() / max(1, (template | mask).sum()))
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return Reading(place, colour, best, best_iou, count)
+
+
+@dataclass(frozen=True)
+class Scores:
+    subject_fidelity: float  # mean of colour and shape accuracy
+    colour_accuracy: float
+    shape_accuracy: float
+    text_fidelity: float  # place accuracy
+    count: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"subject_fidelity": self.subject_fidelity, "colour_accuracy": self.colour_accuracy,
+                "shape_accuracy": self.shape_accuracy, "text_fidelity": self.text_fidelity, "images": self.count}
+
+
+def score_images(images: Sequence[Image.Image], subjects: Sequence[Subject], places: Sequence[str]) -> Scores:
+    """Score generated images against the subject each should show and the place its prompt named."""
+    if not (len(images) == len(subjects) == len(places)) or not images:
+        raise ValueError(f"need equal, non-zero counts: {len(images)} images, {len(subjects)} subjects, "
+                         f"{len(places)} places")
+    colour = shape = place = 0
+    for img, subj, pl in zip(images, subjects, places, strict=True):
+        r = read_image(img)
+        colour += r.colour == subj.colour
+        shape += r.shape == subj.shape
+        place += r.place == pl
+    n = len(images)
+    return Scores((colour + shape) / (2 * n), colour / n, shape / n, place / n, n)
