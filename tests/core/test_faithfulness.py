@@ -691,3 +691,18 @@ def test_normalisation_is_float64_and_rounds_to_half_like_the_official_path():
     assert torch.equal(ours, torch.from_numpy(official.astype(np.float32)))
     for dtype in (torch.float16, torch.bfloat16):
         assert torch.equal(ours.to(dtype), torch.from_numpy(official).to(dtype))
+
+
+def test_opaque_and_greyscale_images_match_pil_convert_rgb():
+    # The official paths call PIL .convert("RGB") (gradio image_mode "RGB"; every loader). For opaque RGBA, greyscale
+    # and palette images the pack's conversion gives the same pixels. (Transparent pixels differ on purpose: the pack
+    # composites them over white, .convert("RGB") keeps whatever colour they hold; see the faithfulness report.)
+    from kosmos_g_core.image import preprocess
+
+    g = np.random.default_rng(0)
+    rgb = g.integers(0, 256, (40, 37, 3), dtype=np.uint8)
+    opaque = Image.fromarray(np.concatenate([rgb, np.full((40, 37, 1), 255, np.uint8)], axis=-1))
+    grey = Image.fromarray(rgb[..., 0])
+    palette = Image.fromarray(rgb).convert("P")
+    for image in (opaque, grey, palette):
+        assert torch.equal(preprocess(image), normalize(resize_and_crop(image.convert("RGB"), 224)))
