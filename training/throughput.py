@@ -1,0 +1,195 @@
+"""Throughput benchmark: a few optimiser steps of a stage at a given config -> samples/s per device and model FLOPs
+utilisation (MFU), to size a GPU run before renting it.
+
+    python -m training.throughput --config training/configs/stage3.toml --steps 10 --synthetic
+    torchrun --standalone --nproc_per_node 8 -m training.throughput --config training/configs/stage3.toml \
+        --steps 20 --peak-tflops 989 data.batch_size=16 parallel.strategy=fsdp
+
+How FLOPs are counted: `torch.utils.flop_counter.FlopCounterMode` over one full optimiser step (all micro-batches,
+forward and backward), with activation checkpointing switched off for that one step so recomputation is not counted
+(`--count-with-recompute` keeps it on, then the figure is hardware FLOPs and the ratio is HFU). It counts matmuls,
+convolutions and attention as they actually run on this device: trainable parts forward + backward (input and
+weight gradients), frozen parts forward, plus backward-for-input only where the gradient passes through them (the
+SD1.5 U-Net in stage 3); frozen parts under no_grad (stage-2 MLLM and CLIP, the VAE encoder) forward only.
+Elementwise ops, norms and the optimiser are not counted. MFU = counted FLOPs per step / measured step time / peak.
+
+The peak comes from `--peak-tflops` or, on CUDA, from a small table of dense bf16/fp16 tensor-core peaks keyed by
+the device name. `--synthetic` replaces the config's data by tiny synthetic shards (no data set needed; the loader
+resizes them to the configured sizes, so compute matches real data of the same token lengths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .train import Trainer
+from .train_config import TrainConfig, load_config
+
+log = logging.getLogger(__name__)
+
+# Dense tensor-core peak TFLOP/s for bf16/fp16 (vendor datasheets, no sparsity). First matching substring wins.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0),
+    ("L40", 181.0), ("L4", 121.0), ("A6000", 155.0), ("A10", 125.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0),
+    ("V100", 125.0), ("T4", 65.0),
+)
+
+SYNTHETIC_SOURCES = {
+    "stage1": (("text", 1.0), ("captions", 1.0), ("interleaved", 1.0)),
+    "stage2": (("captions", 1.0),),
+    "stage3": (("compositional", 2.0), ("editing", 2.0), ("captions", 1.0)),
+}
+
+
+def peak_tflops(device: torch.device, precision: str, given: float | None) -> tuple[float | None, str]:
+    if given:
+        return given, "--peak-tflops"
+    if device.type != "cuda" or precision == "fp32":
+        return None, "unknown (pass --peak-tflops)"
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS:
+        if key in name:
+            return value, f"table entry {key!r} (dense {precision})"
+    return None, f"{name} not in the table (pass --peak-tflops)"
+
+
+def with_synthetic_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
+    from training.data.synthetic import write_synthetic_shards
+
+    if cfg.stage not in SYNTHETIC_SOURCES:
+        raise ValueError(f"--synthetic knows stages {sorted(SYNTHETIC_SOURCES)}, not {cfg.stage!r}")
+    sources = []
+    for kind, weight in SYNTHETIC_SOURCES[cfg.stage]:
+        write_synthetic_shards(folder / kind, kind, 32, samples_per_shard=8)
+        sources.append({"kind": kind, "shards": str(folder / kind), "weight": weight})
+    return replace(cfg, data={**cfg.data, "sources": sources})
+
+
+def _set_recompute(trainer: Trainer, enabled: bool) -> None:
+    module = distributed.unwrap(trainer.model)
+    if hasattr(module, "kosmos") and hasattr(module.kosmos, "set_gradient_checkpointing"):
+        module.kosmos.set_gradient_checkpointing(enabled and trainer.cfg.model.activation_checkpointing)
+    unet = getattr(module, "frozen", {}).get("unet")
+    if unet is not None:
+        if enabled and trainer.cfg.model.activation_checkpointing and trainer.cfg.sd15.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark(cfg: TrainConfig, steps: int, warmup: int, peak: float | None, count_with_recompute: bool) -> dict:
+    trainer = Trainer(cfg)
+    info = trainer.info
+    for _ in range(warmup):
+        trainer.step()
+    flops = None
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if not count_with_recompute:
+            _set_recompute(trainer, False)
+        with FlopCounterMode(display=False) as counter:
+            trainer.step()
+        flops = float(counter.get_total_flops())
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        log.warning("FLOP counting failed (%s); MFU will not be reported", e)
+    finally:
+        _set_recompute(trainer, True)
+    _sync(info.device)
+    if info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(info.device)
+    samples = tokens = 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, _, n, t = trainer.step()
+        samples, tokens = samples + n, tokens + t
+    _sync(info.device)
+    elapsed = time.perf_counter() - t0
+    stats = distributed.all_reduce_mean({"elapsed": elapsed, "samples": samples, "tokens": tokens}, info.device)
+    step_time = stats["elapsed"] / steps
+    peak_value, peak_source = peak_tflops(info.device, cfg.parallel.precision, peak)
+    result = {
+        "stage": cfg.stage, "devices": info.world_size, "device": _device_name(info.device),
+        "strategy": cfg.parallel.strategy, "precision": cfg.parallel.precision,
+        "micro_batch": cfg.data.get("batch_size"), "grad_accum": cfg.run.grad_accum, "steps": steps,
+        "step_time_s": step_time, "samples_per_s_per_device": stats["samples"] / stats["elapsed"],
+        "tokens_per_s_per_device": stats["tokens"] / stats["elapsed"],
+        "flops_per_step_per_device": flops, "peak_tflops": peak_value, "peak_source": peak_source,
+        "max_memory_gb": torch.cuda.max_memory_allocated(info.device) / 2**30 if info.device.type == "cuda" else None,
+    }
+    if flops is not None:
+        result["achieved_tflops_per_device"] = flops / step_time / 1e12
+        if peak_value:
+            result["mfu"] = result["achieved_tflops_per_device"] / peak_value
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def format_report(r: dict) -> str:
+    rows = [
+        ("stage", r["stage"]),
+        ("devices", f"{r['devices']} x {r['device']} ({r['strategy']}, {r['precision']})"),
+        ("micro-batch x accum", f"{r['micro_batch']} x {r['grad_accum']}"),
+        ("step time", f"{r['step_time_s']:.3f} s (mean of {r['steps']})"),
+        ("samples/s per device", f"{r['samples_per_s_per_device']:.3f}"),
+        ("tokens/s per device", f"{r['tokens_per_s_per_device']:.1f}"),
+    ]
+    if r.get("flops_per_step_per_device") is not None:
+        rows.append(("model FLOPs/step/device", f"{r['flops_per_step_per_device'] / 1e12:.4f} TFLOP"))
+        rows.append(("achieved", f"{r['achieved_tflops_per_device']:.4f} TFLOP/s per device"))
+    rows.append(("peak", f"{r['peak_tflops']} TFLOP/s, {r['peak_source']}" if r["peak_tflops"] else r["peak_source"]))
+    rows.append(("MFU", f"{100 * r['mfu']:.2f} %" if "mfu" in r else "n/a"))
+    if r.get("max_memory_gb") is not None:
+        rows.append(("max memory", f"{r['max_memory_gb']:.2f} GiB"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m training.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, loader)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of one device for MFU")
+    parser.add_argument("--synthetic", action="store_true", help="tiny synthetic shards instead of [data] sources")
+    parser.add_argument("--count-with-recompute", action="store_true",
+                        help="count FLOPs with activation checkpointing on (hardware FLOPs; use if the count OOMs)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="kosmos_g_bench_") as tmp:
+        forced = [f'run.out_dir="{tmp}/run"', f"run.max_steps={args.warmup + args.steps + 1}", "checkpoint.every=0",
+                  'checkpoint.resume=""', "sample.every=0", "log.tensorboard=false", "log.wandb=false"]
+        cfg = load_config(args.config, [*args.overrides, *forced])
+        if args.synthetic:
+            cfg = with_synthetic_data(cfg, Path(tmp) / "shards")
+        try:
+            result = benchmark(cfg, args.steps, args.warmup, args.peak_tflops, args.count_with_recompute)
+        except BaseException:
+            distributed.abort()
+            raise
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            sys.stdout.write(format_report(result))
+        distributed.teardown()
+    return result
+
+
+if __name__ == "__main__":
+    main()
