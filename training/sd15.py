@@ -125,7 +125,7 @@ def clip_vocab_from_bpe_gz(gz_path: Path, out_dir: Path) -> Path:
     CLIP uses the first 49152 - 256 - 2 merges; the vocabulary is the 256 byte characters, the same with `</w>`,
     one token per merge, then <|startoftext|> and <|endoftext|> (49408 entries)."""
     lines = gzip.open(gz_path, "rt", encoding="utf-8").read().split("\n")
-    merges = lines[1:49152 - 256 - 2 + 1]
+    merges = [m for m in lines[1:49152 - 256 - 2 + 1] if m.strip()]
     chars = _bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -195,9 +195,8 @@ def clip_text_from_state_dict(full: dict[str, torch.Tensor], source: str = "stat
         raise ValueError(f"{source} has no `{CLIP_PREFIX}*` tensors: it is not an SD1.5 single-file checkpoint "
                          "with its CLIP text encoder")
     sd.pop("embeddings.position_ids", None)
-    with torch.device("meta"):
-        model = CLIPTextModel(_clip_config_from_shapes(sd))
-    model.load_state_dict(sd, strict=True, assign=True)
+    model = CLIPTextModel(_clip_config_from_shapes(sd))
+    model.load_state_dict(sd, strict=True)
     return model
 
 
