@@ -1,0 +1,214 @@
+"""The text-to-layout stage ("layout"): trains kosmos_g_core.layout.TextToLayoutModel and exports the single-file
+checkpoint that the Load Layout Model node reads.
+
+    OMP_NUM_THREADS=1 python -m training.train --config training/configs/layout.toml
+    torchrun --nproc_per_node 8 -m training.train --config training/configs/layout.toml data.source=coco_stuff ...
+
+Config tables it reads (everything else is the shared trainer's):
+* [model] preset = a kosmos_g_core.layout.model.PRESETS key ("small" | "small_clip" | "tiny"); init = an exported
+  layout .safetensors to start from (optional).
+* [data] source = "procedural" (built-in scenes) | "coco_stuff" (captions json + stuffthingmaps folder) |
+  "shards" (tar files from training.layout_data.write_shards); batch_size; size (label resolution, default 64);
+  train_scenes (procedural, default 20000); seed (procedural data seed, default 0); captions, labels (coco_stuff);
+  shards (list of paths); val_scenes (held-out procedural scenes scored at every [sample] step, default 200);
+  loss weights p_full_mask (0.3), token_weight (0.5), edge_weight (0.5).
+* [sd15] path: only for text_encoder = "clip" presets, whose captions are encoded by the frozen SD1.5 CLIP text
+  encoder (the space KOSMOS-G's AlignerNet writes into).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kosmos_g_core.layout.learned import LearnedPlanner, layout_from_prediction, load_layout_model, save_layout_model
+from kosmos_g_core.layout.metrics import LayoutEvaluator
+from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, layout_losses
+from kosmos_g_core.layout.palettes import COCO_PANOPTIC_133
+from kosmos_g_core.layout.vocabulary import NUMBER_WORDS, known_words
+
+from ..distributed import unwrap
+from .base import register, to_device
+
+log = logging.getLogger(__name__)
+
+# Words every vocabulary has, whatever the data: class words and synonyms, numbers, relation and scene words.
+_BASE_WORDS = (
+    *known_words(), *NUMBER_WORDS, *(str(i) for i in range(10)), "in", "front", "of", "behind", "along", "above",
+    "below", "under", "on", "top", "next", "to", "left", "right", "the", "with", "and", "has", "its", "is", "a",
+    "background", "view", "beside", "near", "sky", "blue",
+)
+
+
+class LayoutTraining(nn.Module):
+    """What the trainer wraps: the layout model plus the caption encoding; forward(batch) -> (loss, metrics)."""
+
+    stage_name = "layout"
+
+    def __init__(self, model: TextToLayoutModel, vocab: WordVocab | None, loss_opts: dict):
+        super().__init__()
+        self.model = model
+        self.vocab = vocab
+        self.loss_opts = loss_opts
+        object.__setattr__(self, "clip", None)  # (text_encoder, tokenizer) for clip mode, outside the module tree
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        c = self.model.config
+        if c.text_encoder == "words":
+            return self.model.encode_text(words=self.vocab.batch(captions, c.max_words).to(self.device))
+        from ..sd15 import clip_ids
+
+        encoder, tokenizer = self.clip
+        with torch.no_grad():
+            context = encoder(clip_ids(tokenizer, captions, self.device)).last_hidden_state  # (B, 77, 768)
+        return self.model.encode_text(context=context.float())
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        batch = to_device(batch, self.device)
+        text, pad = self.encode(batch["captions"])
+        return layout_losses(self.model, text, pad, batch["labels"], batch.get("instances"), **self.loss_opts)
+
+
+def _dataset(data: dict, split_seed: int | None = None):
+    from training.layout_data import CocoStuffLayouts, ProceduralLayouts, ShardLayouts
+
+    source = data.get("source", "procedural")
+    size = int(data.get("size", 64))
+    if source == "procedural":
+        return ProceduralLayouts(int(data.get("train_scenes", 20000)), int(data.get("seed", 0)), size)
+    if source == "coco_stuff":
+        for key in ("captions", "labels"):
+            if not data.get(key):
+                raise ValueError(f"[data] source = coco_stuff needs [data] {key} (captions json / stuffthingmaps folder)")
+        return CocoStuffLayouts(data["captions"], data["labels"], size=size, limit=data.get("limit"))
+    if source == "shards":
+        shards = data.get("shards") or []
+        if isinstance(shards, str):
+            shards = [shards]
+        if not shards:
+            raise ValueError("[data] source = shards needs [data] shards = [\"path/layout-000000.tar\", ...]")
+        return ShardLayouts(shards)
+    raise ValueError(f"[data] source = {source!r}: expected procedural | coco_stuff | shards")
+
+
+def _captions_for_vocab(dataset, limit: int = 2000) -> list[str]:
+    n = min(len(dataset), limit)
+    if hasattr(dataset, "items"):  # COCO: captions without opening label maps
+        return [c for c, _ in dataset.items[:n]]
+    if hasattr(dataset, "scene"):
+        return [dataset.scene(i).caption for i in range(n)]
+    return [dataset[i]["caption"] for i in range(n)]
+
+
+@register("layout")
+class LayoutStage:
+    find_unused_parameters = False
+
+    def __init__(self):
+        self._cfg = None
+        self._dataset = None
+        self._val = None
+
+    def build_model(self, cfg, device: torch.device) -> LayoutTraining:
+        self._cfg = cfg
+        data = dict(cfg.data)
+        if cfg.model.init:
+            planner = load_layout_model(cfg.model.init)
+            model, vocab = planner.model.float(), planner.vocab
+            log.info("layout model initialised from %s", cfg.model.init)
+        else:
+            preset = cfg.model.preset if cfg.model.preset in PRESETS else None
+            if preset is None:
+                raise ValueError(f"[model] preset = {cfg.model.preset!r}: the layout stage expects one of "
+                                 f"{sorted(PRESETS)}")
+            config = PRESETS[preset]
+            model = TextToLayoutModel(config)
+            vocab = None
+        self._dataset = _dataset(data)
+        if model.config.text_encoder == "words" and vocab is None:
+            vocab = WordVocab.build(_captions_for_vocab(self._dataset), model.config.vocab_size, extra=_BASE_WORDS)
+        loss_opts = {k: float(data[k]) for k in ("p_full_mask", "token_weight", "edge_weight") if k in data}
+        module = LayoutTraining(model, vocab, loss_opts).to(device)
+        if model.config.text_encoder == "clip":
+            from ..sd15 import load_sd15
+
+            parts = load_sd15(cfg.sd15.path, device=device, dtype=torch.float32, text_encoder=True,
+                              tokenizer_path=cfg.sd15.tokenizer)
+            object.__setattr__(module, "clip", (parts.text_encoder, parts.tokenizer))
+        n = sum(p.numel() for p in model.parameters())
+        log.info("layout model: %s, %.2fM parameters, %s text encoder", cfg.model.preset, n / 1e6,
+                 model.config.text_encoder)
+        return module.train()
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def build_dataloader(self, cfg, rank: int, world_size: int):
+        from training.layout_data import LayoutLoader
+
+        data = dict(cfg.data)
+        if "batch_size" not in data:
+            raise ValueError("[data] batch_size is missing (samples per rank per micro-step)")
+        if self._dataset is None:
+            self._dataset = _dataset(data)
+        return LayoutLoader(self._dataset, int(data["batch_size"]), seed=cfg.run.seed, rank=rank,
+                            world_size=world_size)
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        loss, metrics = model(batch)
+        return loss, {f"layout/{k}": float(v) for k, v in metrics.items()}
+
+    def count(self, batch: dict) -> tuple[int, int]:
+        return len(batch["captions"]), 0
+
+    def export(self, model: nn.Module, path) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return
+        module = unwrap(model)
+        save_layout_model(path, module.model, module.vocab, {"trained_stage": "layout"})
+        log.info("exported layout model %s", path)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, step: int, writer) -> None:
+        """Held-out mIoU on procedural scenes (seed + 1) and a strip of predicted layouts in TensorBoard."""
+        from training.layout_data import make_scene
+
+        cfg = self._cfg
+        data = dict(cfg.data)
+        module = unwrap(model)
+        if module.model.config.text_encoder != "words":
+            return
+        n = int(data.get("val_scenes", 200))
+        size = int(data.get("size", 64))
+        if self._val is None:
+            self._val = [make_scene(int(data.get("seed", 0)) + 1, i, size) for i in range(n)]
+        was = module.training
+        module.eval()
+        planner = LearnedPlanner(module.model, module.vocab)
+        ev = LayoutEvaluator()
+        shown = []
+        for start in range(0, n, 64):
+            chunk = self._val[start : start + 64]
+            labels, edges = planner.predict_maps([s.caption for s in chunk])
+            for sc, lab, edge in zip(chunk, labels, edges, strict=True):
+                lay = layout_from_prediction(lab, edge, sc.caption).resized(size, size)
+                ev.update(sc.caption, lay, sc.labels)
+                if len(shown) < 8:
+                    shown.append(np.concatenate([COCO_PANOPTIC_133.render(sc.labels), lay.render()], axis=1))
+        module.train(was)
+        scores = ev.scores()
+        writer.log(step, {"val/miou": scores.miou, "val/count_accuracy": scores.count_accuracy,
+                          "val/relation_accuracy": scores.relation_accuracy})
+        if shown:
+            grid = torch.from_numpy(np.stack(shown)).permute(0, 3, 1, 2).float() / 255.0
+            writer.images("layout/ground_truth_vs_predicted", grid, step)
