@@ -199,6 +199,96 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# --conversion: memory and time of the converter on full-size synthetic sources
+
+
+def _write_streaming(path: Path, shapes: dict[str, tuple[int, ...]], make: Callable[[tuple[int, ...]], torch.Tensor],
+                     dtype: torch.dtype) -> None:
+    """A safetensors file written one generated tensor at a time, so a 6.66 GB source never sits in memory."""
+    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+    header: dict[str, Any] = {}
+    offset = 0
+    for key, shape in shapes.items():
+        n = dtype.itemsize * int(torch.Size(shape).numel())
+        header[key] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for shape in shapes.values():
+            f.write(make(shape).to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _write_sources(args: argparse.Namespace) -> dict[str, Any]:
+    """An official-layout fp16 fairseq pickle and a Kosmos-2-layout fp32 HF folder, both at the chosen size."""
+    import shutil
+
+    from transformers import Kosmos2Config, Kosmos2Model
+
+    from .model import KosmosG
+
+    folder = Path(args.file)
+    config = _config(args.size)
+    gen = torch.Generator().manual_seed(0)
+
+    def make(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=gen) * 0.02
+
+    # Kosmos-2: transformers' own key names and shapes (vocab 65037 at the official size).
+    v, m = config.vision, config.mllm
+    hf_config = Kosmos2Config(
+        text_config={"vocab_size": m.vocab_size + 1030, "embed_dim": m.dim, "layers": m.layers, "ffn_dim": m.ffn_dim,
+                     "attention_heads": m.heads},
+        vision_config={"hidden_size": v.width, "intermediate_size": v.width * v.mlp_ratio, "num_hidden_layers": v.layers,
+                       "num_attention_heads": v.heads, "image_size": v.image_size, "patch_size": v.patch_size},
+        latent_query_num=config.connector.num_queries)
+    with torch.device("meta"):
+        shapes = {k: tuple(t.shape) for k, t in Kosmos2Model(hf_config).state_dict().items()}
+    (folder / "kosmos2").mkdir(parents=True, exist_ok=True)
+    _write_streaming(folder / "kosmos2" / "model.safetensors", shapes, make, torch.float32)
+    shutil.copy(args.tokenizer_dir / "sentencepiece.bpe.model", folder / "kosmos2" / "sentencepiece.bpe.model")
+
+    # Official: the fairseq state dict in fp16 with the tied output projection and the buffers real files carry.
+    model = KosmosG(config, dtype=torch.float16)
+    state = model.state_dict()
+    state["gpt_model.decoder.output_projection.weight"] = state["gpt_model.decoder.embed_tokens.weight"]
+    state["gpt_model.decoder.embed_positions._float_tensor"] = torch.zeros(1, dtype=torch.float16)
+    state["gpt_model.decoder.self_attn_sope.scale"] = torch.ones(m.heads, dtype=torch.float16)
+    torch.save({"model": state, "args": None, "cfg": {"model": {"_name": "kosmosg_xl"}}}, folder / "official.pt")
+    return {"official_bytes": (folder / "official.pt").stat().st_size,
+            "kosmos2_bytes": (folder / "kosmos2" / "model.safetensors").stat().st_size}
+
+
+def _convert(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    from .convert import convert_kosmos2, convert_official
+
+    folder = Path(args.file)
+    out = folder / f"{kind}.safetensors"
+    rss_before = _current_rss()
+    t0 = time.perf_counter()
+    if kind == "official":
+        convert_official(folder / "official.pt", out, args.tokenizer_dir / "sentencepiece.bpe.model",
+                         args.tokenizer_dir / "dict.txt", dtype=DTYPES[args.dtype], overwrite=True)
+    else:
+        convert_kosmos2(folder / "kosmos2", out, dtype=DTYPES[args.dtype], overwrite=True)
+    return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "rss_before": rss_before,
+            "out_bytes": out.stat().st_size}
+
+
+def _conversion_table(args: argparse.Namespace, sources: dict[str, Any], official: dict[str, Any],
+                      kosmos2: dict[str, Any]) -> str:
+    rows = [("conversion benchmark", f"{args.size} size, output {args.dtype}, synthetic sources")]
+    for name, src, res in (("official fp16 .pt", sources["official_bytes"], official),
+                           ("Kosmos-2 fp32 model.safetensors", sources["kosmos2_bytes"], kosmos2)):
+        rows.append((f"{name} -> pack", f"{_gb(src)} -> {_gb(res['out_bytes'])} in {res['seconds']:.1f} s; peak RSS "
+                                         f"{_gb(res['peak_rss'])} = {res['peak_rss'] / src:.2f} x source, "
+                                         f"{res['peak_rss'] / res['out_bytes']:.2f} x output ({_gb(res['rss_before'])} before converting)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Orchestration
 
 
@@ -264,7 +354,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder with sentencepiece.bpe.model and dict.txt")
     p.add_argument("--workdir", type=Path, help="where to write the checkpoint (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
-    p.add_argument("--stage", choices=("build", "measure"), help=argparse.SUPPRESS)
+    p.add_argument("--conversion", action="store_true",
+                   help="instead: time and peak memory of the converter on full-size synthetic official and Kosmos-2 "
+                        "sources (writes about 18 GB to the work folder)")
+    p.add_argument("--stage", choices=("build", "measure", "sources", "convert-official", "convert-kosmos2"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     return p
 
@@ -275,12 +369,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.stage:  # a child: one JSON line on stdout
-        result = _build(args) if args.stage == "build" else _measure(args)
-        sys.stdout.write(json.dumps(result) + "\n")
+        stages: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+            "build": _build, "measure": _measure, "sources": _write_sources,
+            "convert-official": lambda a: _convert(a, "official"), "convert-kosmos2": lambda a: _convert(a, "kosmos2"),
+        }
+        sys.stdout.write(json.dumps(stages[args.stage](args)) + "\n")
         return 0
     if len(args.images) not in (0, 2):
         raise SystemExit("give --images twice (two images) or not at all")
     _tokenizer(args.tokenizer_dir)  # fail early
+    if args.conversion:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            sources = _child("sources", args, Path(tmp))
+            results = {kind: _child(f"convert-{kind}", args, Path(tmp)) for kind in ("official", "kosmos2")}
+        sys.stdout.write(_conversion_table(args, sources, results["official"], results["kosmos2"]))
+        if args.json:
+            args.json.write_text(json.dumps({"sources": sources, **results}, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         file = Path(tmp) / f"kosmos_g_{args.size}_{args.dtype}.safetensors"
         built = _child("build", args, file)

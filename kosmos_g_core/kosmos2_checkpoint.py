@@ -5,8 +5,8 @@ Kosmos-2 (`microsoft/kosmos-2-patch14-224`) shares KOSMOS-G's MLLM, vision tower
 official fairseq names the pack uses; its vocabulary of 65037 rows (KOSMOS-G's 64007 + 1030 grounding tokens) is cut
 to the first 64007 rows. There is no AlignerNet: stages 2 and 3 train it.
 
-Tensors are streamed: each is read from the memory-mapped file, renamed, sliced and cast on its own, so converting the
-6.66 GB fp32 file holds at most the output plus one tensor in memory.
+Tensors are streamed: each is read with plain file reads (no memory map), renamed, sliced and cast on its own, so
+converting the 6.66 GB fp32 file holds at most the output plus one tensor in memory.
 """
 
 from __future__ import annotations
@@ -87,24 +87,87 @@ def _weight_files(folder: Path) -> dict[str, Path]:
     )
 
 
-def _iter_tensors(folder: Path) -> Iterator[tuple[str, Path, object]]:
-    """(key, file, safe_open handle) for every tensor of the folder, one file open at a time."""
-    from safetensors import SafetensorError, safe_open
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
+
+class _SafetensorsReader:
+    """Reads tensors of a .safetensors file with plain reads, one at a time.
+
+    Not mmap/safe_open: the pages of a memory-mapped file count in the process's resident memory until the file is
+    closed, so converting a 6.66 GB fp32 file would hold the whole source besides the output."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        self._file = open(path, "rb")  # closed by close() or the context manager
+        try:
+            head = self._file.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise ConversionError(f"{path}: not a .safetensors file (or truncated): bad header length")
+            header = json.loads(self._file.read(n))
+            header.pop("__metadata__", None)
+            self._start = 8 + n
+            self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int]] = {}
+            for key, info in header.items():
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                begin, end = info["data_offsets"]
+                if self._start + end > size:
+                    raise ConversionError(f"{path} is truncated: tensor '{key}' ends past the end of the file")
+                self._entries[key] = (dtype, tuple(info["shape"]), begin)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            self.close()
+            if isinstance(e, ConversionError):
+                raise
+            raise ConversionError(f"{path}: not a readable .safetensors header ({type(e).__name__}: {e})") from None
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entries[key][1]
+
+    def read(self, key: str, rows: int | None = None) -> torch.Tensor:
+        """The tensor `key`, or only its first `rows` rows (row-major, so they are the first bytes)."""
+        dtype, shape, begin = self._entries[key]
+        if rows is not None:
+            shape = (min(rows, shape[0]), *shape[1:])
+        tensor = torch.empty(shape, dtype=dtype)
+        buf = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        self._file.seek(self._start + begin)
+        filled = 0
+        while filled < len(buf):
+            n = self._file.readinto(buf[filled:])
+            if not n:
+                raise ConversionError(f"{self.path}: unexpected end of file while reading '{key}'")
+            filled += n
+        return tensor
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _iter_tensors(folder: Path) -> Iterator[tuple[str, Path, _SafetensorsReader]]:
+    """(key, file, reader) for every tensor of the folder, one file open at a time."""
     files = _weight_files(folder)
     by_file: dict[Path, list[str]] = {}
-    if files:
-        for key, path in files.items():
-            by_file.setdefault(path, []).append(key)
-    else:
+    for key, path in files.items():
+        by_file.setdefault(path, []).append(key)
+    if not files:
         by_file[folder / "model.safetensors"] = []
     for path, keys in by_file.items():
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in keys or list(handle.keys()):
-                    yield key, path, handle
-        except (SafetensorError, OSError) as e:
-            raise ConversionError(f"{path}: cannot read this safetensors file ({e}); it may be truncated.") from None
+        with _SafetensorsReader(path) as reader:
+            for key in keys or reader.keys():
+                yield key, path, reader
 
 
 def read_kosmos2_state_dict(
@@ -127,15 +190,15 @@ def read_kosmos2_state_dict(
         if new is None:
             continue
         if new == EMBED_KEY:
-            rows = handle.get_slice(key).get_shape()[0]
+            rows = handle.shape(key)[0]
             if rows < vocab_size:
                 raise ConversionError(
                     f"{path}: {key} has {rows} rows, fewer than KOSMOS-G's {vocab_size}-token vocabulary; "
                     "this is not a Kosmos-2 text model."
                 )
-            tensor = handle.get_slice(key)[:vocab_size]  # reads only the kept rows
+            tensor = handle.read(key, rows=vocab_size)  # reads only the kept rows
         else:
-            tensor = handle.get_tensor(key)
+            tensor = handle.read(key)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         out[new] = tensor
@@ -154,11 +217,9 @@ def read_kosmos2_state_dict(
 
 def _check_tied(head_file: Path, embed_file: Path, vocab_size: int) -> None:
     """The saved lm_head must equal the token embedding (Kosmos-2 ties them); the pack stores only the embedding."""
-    from safetensors import safe_open
-
-    with safe_open(str(head_file), framework="pt") as h, safe_open(str(embed_file), framework="pt") as e:
-        head = h.get_slice(HF_TIED_OUTPUT_KEY)[:vocab_size]
-        embed = e.get_slice("text_model.model.embed_tokens.weight")[:vocab_size]
+    with _SafetensorsReader(head_file) as h, _SafetensorsReader(embed_file) as e:
+        head = h.read(HF_TIED_OUTPUT_KEY, rows=vocab_size)
+        embed = e.read("text_model.model.embed_tokens.weight", rows=vocab_size)
     if not torch.equal(head, embed):
         raise ConversionError(
             f"{head_file}: {HF_TIED_OUTPUT_KEY} differs from the token embedding; Kosmos-2 ties them, so this is "

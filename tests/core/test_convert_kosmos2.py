@@ -132,3 +132,12 @@ def test_missing_sentencepiece_model_is_named(tmp_path, tokenizer_dir, caplog):
     write_folder(folder, tokenizer_dir)
     (folder / "sentencepiece.bpe.model").unlink()
     assert "sentencepiece.bpe.model" in _error(tmp_path, folder, caplog)
+
+
+def test_truncated_weights_are_named(tmp_path, tokenizer_dir, caplog):
+    folder = tmp_path / "truncated"
+    write_folder(folder, tokenizer_dir)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    text = _error(tmp_path, folder, caplog)
+    assert str(weights) in text and "truncated" in text
