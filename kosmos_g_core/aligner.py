@@ -9,11 +9,13 @@ All dropouts of AlignerNet are 0 in the official config.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .config import AlignerConfig
-from .layers import LayerStack, Ops, TransformerLayer, factory, key_padding_mask
+from .layers import LayerStack, Ops, TransformerLayer, factory, key_padding_mask, subln_init_
 
 
 class PositionalEncoder(nn.Module):
@@ -83,11 +85,23 @@ class AlignerNet(nn.Module):
             self.decoder = QueryDecoder(cfg, ops=ops, **f)
             self.decoder_proj = PositionalEncoder(cfg, out_dim=mllm_dim, ops=ops, **f)
         if self.encoder_query.device.type != "meta":
-            for p in self.queries():
-                nn.init.normal_(p, std=cfg.dim**-0.5)
+            self.reset_parameters()
 
-    def queries(self) -> list[nn.Parameter]:
-        return [self.encoder_query] + ([self.decoder_query] if self.config.with_decoder else [])
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The official initialisation (stage 2 trains AlignerNet from scratch): queries and position tables
+        ~ N(0, 1) (`torch.randn`, nn.Embedding), and torchscale's Sub-LN scaling of every stack, which depends on
+        whether it was built as an encoder-decoder part (aligner.py builds encoder_proj, encoder and decoder that
+        way; decoder_proj as a plain encoder)."""
+        cfg = self.config
+        enc, dec = cfg.encoder_layers, cfg.decoder_layers
+        nn.init.normal_(self.encoder_query)
+        subln_init_(self.encoder_proj, math.sqrt(math.log(3 * dec) * math.log(2 * enc) / 3))
+        subln_init_(self.encoder, math.sqrt(math.log(3 * dec)))
+        if cfg.with_decoder:
+            nn.init.normal_(self.decoder_query)
+            subln_init_(self.decoder, math.sqrt(math.log(3 * dec)))
+            subln_init_(self.decoder_proj, math.sqrt(math.log(2 * enc)))
 
     def forward(self, hidden: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """M: MLLM states (B, T, mllm_dim), pad (B, T) -> conditioning (B, 77, dim)."""

@@ -43,7 +43,10 @@ class MLLMConfig:
     max_positions: int = 2048  # official tokens_per_sample; fairseq sinusoids have no table to read it from
     pad_id: int = 1
     dropout: float = 0.1  # training only: residual and embedding dropout
-    attention_dropout: float = 0.1
+    # The official runs use --flash-attention, and the MLLM's causal self-attention then goes through xformers'
+    # memory_efficient_attention without a dropout probability (torchscale multihead_attention.py:159-161), so the
+    # configured 0.1 never acts there.
+    attention_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

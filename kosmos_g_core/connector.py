@@ -22,7 +22,7 @@ class Connector(nn.Module):
         self.latent_query = nn.Parameter(torch.empty(cfg.num_queries, dim, **f))
         self.x_attn = Attention(dim, cfg.heads, dropout=cfg.attention_dropout, ops=ops, **f)
         if self.latent_query.device.type != "meta":
-            nn.init.normal_(self.latent_query, std=dim**-0.5)
+            nn.init.normal_(self.latent_query)  # torch.randn, as the official connector
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, 257, vision_width) -> (N, num_queries, dim)."""

@@ -10,6 +10,7 @@ state dicts load key for key. Every constructor takes `dtype`, `device` and an `
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -43,6 +44,16 @@ class Attention(nn.Module):
         self.q_proj = ops.Linear(dim, dim, **f)
         self.out_proj = ops.Linear(dim, dim, **f)
         self.inner_attn_ln = ops.LayerNorm(dim, **f) if subln else None
+        if self.q_proj.weight.device.type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """torchscale's init: xavier-uniform q/k/v with gain 1/sqrt(2), xavier-uniform out_proj with zero bias."""
+        for proj in (self.k_proj, self.v_proj, self.q_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=1 / math.sqrt(2))
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
@@ -121,6 +132,20 @@ class LayerStack(nn.ModuleList):
             else:
                 x = layer(x, **kwargs)
         return x
+
+
+@torch.no_grad()
+def subln_init_(module: nn.Module, scale: float, skip: str = "encoder_attn") -> None:
+    """MAGNETO's Sub-LN initialisation as torchscale applies it at build time: multiply the weights and biases of
+    every fc1, fc2, out_proj and v_proj by `scale` (cross-attention, `skip`, excluded in decoders). Only matters
+    when a stack is trained from scratch (AlignerNet in stage 2, a tiny MLLM)."""
+    if any(p.device.type == "meta" for p in module.parameters()):
+        return
+    for name, p in module.named_parameters():
+        if skip in name:
+            continue
+        if any(part in name for part in ("fc1", "fc2", "out_proj", "v_proj")):
+            p.mul_(scale)
 
 
 def key_padding_mask(pad: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MLLMConfig
-from .layers import LayerStack, Ops, TransformerLayer, factory
+from .layers import LayerStack, Ops, TransformerLayer, factory, subln_init_
 
 
 def sinusoidal_positions(tokens: torch.Tensor, dim: int, pad_id: int) -> torch.Tensor:
@@ -55,6 +55,8 @@ class MLLM(nn.Module):
             nn.init.normal_(self.embed_tokens.weight, std=cfg.dim**-0.5)  # fairseq's embedding init
             with torch.no_grad():
                 self.embed_tokens.weight[cfg.pad_id].zero_()
+            if cfg.layers:
+                subln_init_(self.layers, math.sqrt(math.log(2 * cfg.layers)))  # torchscale Decoder, decoder-only
 
     def embed(self, tokens: torch.Tensor, image_embeds: torch.Tensor | None = None,
               image_mask: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:

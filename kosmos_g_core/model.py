@@ -103,7 +103,8 @@ class KosmosG(nn.Module):
 
     def null_condition(self, negative: str | None = None) -> torch.Tensor:
         """The unconditional embedding (1, 77, 768): M(MLLM([<s>])), or M(MLLM([<s>] + negative)) when given."""
-        return self.condition(self.collate([InterleavedPrompt.from_text(negative or "")]))
+        # The negative is plain text ([<s>] + tokens, as app_model.py): a literal "<i>" in it is not an image slot.
+        return self.condition(self.collate([InterleavedPrompt((negative or "",))]))
 
     @torch.inference_mode()
     def encode(self, prompts: PromptLike | Sequence[PromptLike], negative: str | None = None) -> Conditioning:

@@ -553,17 +553,11 @@ def test_dropout_values_of_each_part(tiny64):
             assert module.dropout == 0.0
 
 
-@pytest.mark.xfail(reason="faithfulness report: the official MLLM self-attention runs through xformers' "
-                          "memory_efficient_attention (--flash-attention + causal mask, multihead_attention.py:159-161)"
-                          " without p, so no attention dropout is applied in training", strict=False)
 def test_mllm_self_attention_has_no_attention_dropout_in_training(tiny64):
     model = tiny64
     assert all(layer.self_attn.dropout == 0.0 for layer in model.mllm.layers)
 
 
-@pytest.mark.xfail(reason="faithfulness report: official AlignerNet init (torch.randn queries, Sub-LN init scaling "
-                          "of fc1/fc2/out_proj/v_proj) differs; it matters when stage 2 starts AlignerNet from "
-                          "scratch", strict=False)
 def test_aligner_init_follows_official():
     torch.manual_seed(0)
     cfg = AlignerConfig(max_positions=16, encoder_layers=1, decoder_layers=1)  # official widths, 1+1 layers
