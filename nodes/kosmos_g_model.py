@@ -26,6 +26,18 @@ from .prompt_inputs import Prompts, check_lengths, text_prompt
 log = logging.getLogger(__name__)
 
 
+class PatcherRoot(torch.nn.Module):
+    """The module the ModelPatcher manages: the core model as its only child.
+
+    ModelPatcher writes bookkeeping attributes on the module it manages (`device`, `model_loaded_weight_memory`,
+    `model_lowvram`, ...); KosmosG has a read-only `device` property, so it must not be that module.
+    """
+
+    def __init__(self, kosmos_g: KosmosG):
+        super().__init__()
+        self.kosmos_g = kosmos_g
+
+
 class KosmosGModel:
     """The value of a KOSMOS_G socket: the core model in a ModelPatcher, plus the file it came from."""
 
@@ -35,7 +47,7 @@ class KosmosGModel:
 
     @property
     def model(self) -> KosmosG:
-        return self.patcher.model
+        return self.patcher.model.kosmos_g
 
     @property
     def max_tokens(self) -> int:
@@ -91,7 +103,7 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
     report(2, steps)
 
     patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    patcher = patcher_class(PatcherRoot(model), load_device=load_device, offload_device=offload_device)
     report(3, steps)
     log.info("KOSMOS-G %s: %s weights, load device %s, offload device %s", name, dtype, load_device, offload_device)
     return KosmosGModel(patcher, name)

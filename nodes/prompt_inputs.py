@@ -147,12 +147,13 @@ def build_prompts(text: str, slots: Sequence[ImageSlot], chained: Prompts | None
 
 
 def _concat(earlier: InterleavedPrompt, part: InterleavedPrompt) -> InterleavedPrompt:
-    """`earlier` then `part`; a space is put between two texts that would otherwise glue words together
-    ("a photo of" + "wearing <i>"). Across an image no space is needed: each snippet is tokenized on its own."""
-    left = earlier.segments[-1] if earlier.segments else None
-    right = part.segments[0] if part.segments else None
-    glued = isinstance(left, str) and isinstance(right, str) and not left[-1].isspace() and not right[0].isspace()
-    return InterleavedPrompt(earlier.segments + ((" ",) if glued else ()) + part.segments)
+    """`earlier` then `part`, joined like two pieces of a sentence: a space goes between them unless the seam already
+    has one ("<i> wearing" + "<i> in the snow" -> "<i> wearing <i> in the snow", as if typed in one builder)."""
+    if not earlier.segments or not part.segments:
+        return InterleavedPrompt(earlier.segments + part.segments)
+    left, right = earlier.segments[-1], part.segments[0]
+    spaced = (isinstance(left, str) and left[-1].isspace()) or (isinstance(right, str) and right[0].isspace())
+    return InterleavedPrompt(earlier.segments + (() if spaced else (" ",)) + part.segments)
 
 
 def batch_prompts(groups: Sequence[Prompts | None]) -> Prompts:

@@ -17,7 +17,7 @@ class KosmosGInterleavedPrompt(io.ComfyNode):
             io.Image.Input(
                 f"image_{k}",
                 optional=True,
-                tooltip=f"Fills the next <i> of the text (after those of image_1..image_{k - 1}). A batch of N images "
+                tooltip="Fills the next <i> of the text: image_1 first, then image_2, and so on. A batch of N images "
                 "fills N placeholders in order.",
             )
             for k in _SLOTS

@@ -1,0 +1,76 @@
+"""Helper nodes the end-to-end tests install into the temporary ComfyUI (copied to custom_nodes/ as one file).
+
+* KosmosGTestUNetProbe (MODEL -> MODEL): clones the model and installs a U-Net function wrapper
+  (`ModelPatcher.set_model_unet_function_wrapper`, ComfyUI's public hook around every `apply_model` call) that appends
+  one JSON line per U-Net call to `log_path`: the batch of the noisy input and the shape of the cross-attention
+  context. Two steps of CFG with positive and negative batched together give 2 lines, each with batch 2; if they were
+  run separately there would be 4 lines with batch 1. The model itself is not changed.
+* KosmosGTestConditioningInfo (output node): reports the shape, dtype and sum of each CONDITIONING entry in the
+  prompt's history, so conditioning can be checked without paying for a U-Net run.
+* KosmosGTestImage: an IMAGE of any size / channel count (a 4-channel RGBA or 1-channel greyscale IMAGE, a 1x1
+  image), which no stock node makes, to try the pack's input checks.
+"""
+
+import json
+
+import torch
+
+
+class KosmosGTestUNetProbe:
+    CATEGORY = "kosmos_g_tests"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "probe"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "log_path": ("STRING", {"default": ""})}}
+
+    def probe(self, model, log_path):
+        def wrapper(apply_model, args):
+            context = args["c"].get("c_crossattn")
+            record = {"x": list(args["input"].shape), "context": list(context.shape) if context is not None else None}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        patched = model.clone()
+        patched.set_model_unet_function_wrapper(wrapper)
+        return (patched,)
+
+
+class KosmosGTestImage:
+    CATEGORY = "kosmos_g_tests"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 64, "min": 1}), "height": ("INT", {"default": 64, "min": 1}),
+                             "channels": ("INT", {"default": 3, "min": 1, "max": 8}),
+                             "batch": ("INT", {"default": 1, "min": 1})}}
+
+    def make(self, width, height, channels, batch):
+        generator = torch.Generator().manual_seed(width * 1000 + height * 10 + channels)
+        return (torch.rand(batch, height, width, channels, generator=generator),)
+
+
+class KosmosGTestConditioningInfo:
+    CATEGORY = "kosmos_g_tests"
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"a": ("CONDITIONING",)}, "optional": {"b": ("CONDITIONING",)}}
+
+    def report(self, a, b=None):
+        def describe(conditioning):
+            return [{"shape": list(t.shape), "dtype": str(t.dtype), "sum": float(t.double().sum()),
+                     "keys": sorted(d)} for t, d in conditioning]
+
+        return {"ui": {"a": describe(a), "b": describe(b) if b is not None else []}}
+
+
+NODE_CLASS_MAPPINGS = {"KosmosGTestUNetProbe": KosmosGTestUNetProbe, "KosmosGTestImage": KosmosGTestImage,
+                       "KosmosGTestConditioningInfo": KosmosGTestConditioningInfo}

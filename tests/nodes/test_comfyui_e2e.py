@@ -1,0 +1,201 @@
+"""End to end in a real ComfyUI (COMFYUI_PATH): the pack loads, every shipped API workflow runs, bad inputs give
+clear messages and the server keeps serving. Skipped without COMFYUI_PATH.
+
+Workflows are shrunk to 64x64 and 2 steps. A probe node (comfy_probe_nodes.py) is spliced in front of each KSampler's
+MODEL input; it records every U-Net call, so the test can assert that positive and negative went through the U-Net
+together: with dpmpp_2m (one model evaluation per step) 2 steps must give exactly 2 calls of batch 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+API_WORKFLOWS = sorted((REPO_ROOT / "workflows" / "api").glob("*.json"))
+KOSMOS_NODE_IDS = {"KosmosGLoader", "KosmosGInterleavedPrompt", "KosmosGPromptBatch", "KosmosGEncode",
+                   "KosmosGTextEncode", "KosmosGConcatCLIP", "KosmosGCheckModel"}
+STEPS = 2
+
+
+def _error(entry: dict[str, Any]) -> dict[str, Any] | None:
+    for event, data in entry.get("status", {}).get("messages", []):
+        if event == "execution_error":
+            return data
+    return None
+
+
+def shrink(prompt: dict[str, Any], probe_log: Path) -> dict[str, Any]:
+    """64x64, 2 steps, and a U-Net probe in front of every KSampler."""
+    prompt = copy.deepcopy(prompt)
+    for node_id, node in list(prompt.items()):
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64)
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = STEPS
+            probe_id = f"{node_id}9000"
+            prompt[probe_id] = {"class_type": "KosmosGTestUNetProbe",
+                                "inputs": {"model": node["inputs"]["model"], "log_path": str(probe_log)}}
+            node["inputs"]["model"] = [probe_id, 0]
+    return prompt
+
+
+def test_pack_imports_without_error(comfy_server):
+    info = comfy_server.get("/object_info")
+    missing = KOSMOS_NODE_IDS - info.keys()
+    assert not missing, f"nodes not registered: {missing}\n{comfy_server.log()[-3000:]}"
+    for node_id in KOSMOS_NODE_IDS:
+        assert info[node_id]["category"].startswith("kosmos_g/")
+        assert info[node_id]["description"]
+    log = comfy_server.log()
+    assert "IMPORT FAILED" not in log, log[-3000:]
+    assert comfy_server.get("/models/kosmos_g"), "models/kosmos_g is not registered or is empty"
+    templates = comfy_server.get("/api/workflow_templates")
+    assert sorted(templates["kosmos_g"]) == sorted(p.stem for p in API_WORKFLOWS)
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+
+def _base_prompt() -> dict[str, Any]:
+    """The KOSMOS-G part of the subject-driven workflow (load, image, builder, encode) ending in an info node, so a
+    bad input costs no U-Net run."""
+    workflow = json.loads((REPO_ROOT / "workflows" / "api" / "kosmos_g_subject_driven.json").read_text())
+    prompt = {k: v for k, v in workflow.items()
+              if v["class_type"] in ("KosmosGLoader", "LoadImage", "KosmosGInterleavedPrompt", "KosmosGEncode")}
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt["950"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": [encode, 0], "b": [encode, 1]}}
+    return prompt
+
+
+def _node(prompt: dict[str, Any], class_type: str) -> dict[str, Any]:
+    return next(node for node in prompt.values() if node["class_type"] == class_type)
+
+
+def _with_image(prompt: dict[str, Any], width: int, height: int, channels: int) -> dict[str, Any]:
+    prompt["900"] = {"class_type": "KosmosGTestImage",
+                     "inputs": {"width": width, "height": height, "channels": channels, "batch": 1}}
+    _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["image_1"] = ["900", 0]
+    return prompt
+
+
+def _expect_execution_error(client, prompt: dict[str, Any], *fragments: str) -> str:
+    entry = client.run(prompt)
+    assert entry["status"]["status_str"] == "error", "the bad input was accepted"
+    error = _error(entry)
+    message = error["exception_message"]
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in the error shown to the user: {message}"
+    return message
+
+
+def test_missing_model_file_is_refused_at_validation(comfy_server):
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGLoader")["inputs"]["model_name"] = "kosmos_g_v1.safetensors"
+    status, answer = comfy_server.queue(prompt)
+    assert status == 400
+    text = json.dumps(answer)
+    assert "kosmos_g_v1.safetensors" in text and "not found in models/kosmos_g/" in text, text
+    assert "kosmos-g.safetensors" in text, "the message should list the files that are there"
+
+
+def test_sd15_checkpoint_in_kosmos_folder(comfy_server):
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGLoader")["inputs"]["model_name"] = "sd15-in-wrong-folder.safetensors"
+    _expect_execution_error(comfy_server, prompt, "Stable Diffusion checkpoint", "models/checkpoints/",
+                            "models/kosmos_g/")
+
+
+def test_mllm_only_checkpoint_must_be_trained_first(comfy_server):
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGLoader")["inputs"]["model_name"] = "kosmos2-mllm-only.safetensors"
+    _expect_execution_error(comfy_server, prompt, "no AlignerNet", "stage 2", "stage 3")
+
+
+def test_two_placeholders_one_image(comfy_server):
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = "<i> wearing <i>"
+    _expect_execution_error(comfy_server, prompt, "2 <i> placeholders", "1 image was given", "image_1")
+
+
+def test_empty_prompt(comfy_server):
+    prompt = _base_prompt()
+    builder = _node(prompt, "KosmosGInterleavedPrompt")["inputs"]
+    builder["text"] = ""
+    del builder["image_1"]
+    _expect_execution_error(comfy_server, prompt, "the prompt is empty")
+
+
+@pytest.mark.parametrize("channels", [4, 1], ids=["rgba", "greyscale"])
+def test_rgba_and_greyscale_images_are_accepted(comfy_server, channels):
+    entry = comfy_server.run(_with_image(_base_prompt(), 80, 72, channels))
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    info = entry["outputs"]["950"]
+    assert info["a"][0]["shape"] == [1, 77, 768] and info["b"][0]["shape"] == [1, 77, 768]
+
+
+def test_one_pixel_image(comfy_server):
+    _expect_execution_error(comfy_server, _with_image(_base_prompt(), 1, 1, 3), "image_1 is 1x1 pixels", "at least 16x16")
+
+
+def test_five_channel_image(comfy_server):
+    _expect_execution_error(comfy_server, _with_image(_base_prompt(), 64, 64, 5), "image_1 has 5 channels")
+
+
+def test_prompt_longer_than_the_model_reads(comfy_server):
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = "<i> " + "a very long description " * 200
+    _expect_execution_error(comfy_server, prompt, "tokens long", "reads at most 512", "shorten the text")
+
+
+def test_prompt_batch_and_text_encode_negative(comfy_server):
+    """A Prompt Batch of 2 gives (2, 77, 768) positive and negative; KOSMOS-G Text Encode of "" is the same null
+    embedding as Encode's negative, in float32 like CLIPTextEncode's output."""
+    prompt = _base_prompt()
+    builder = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGInterleavedPrompt")
+    prompt["960"] = {"class_type": "KosmosGInterleavedPrompt", "inputs": {"text": "a red car"}}
+    prompt["961"] = {"class_type": "KosmosGPromptBatch", "inputs": {"prompt_1": [builder, 0], "prompt_2": ["960", 0]}}
+    _node(prompt, "KosmosGEncode")["inputs"]["prompt"] = ["961", 0]
+    prompt["962"] = {"class_type": "KosmosGTextEncode", "inputs": {"text": "", "kosmos_g": ["3", 0]}}
+    prompt["963"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": ["962", 0]}}
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    positive, negative = entry["outputs"]["950"]["a"][0], entry["outputs"]["950"]["b"][0]
+    assert positive["shape"] == negative["shape"] == [2, 77, 768]
+    assert positive["dtype"] == negative["dtype"] == "torch.float32"
+    null = entry["outputs"]["963"]["a"][0]
+    assert null["shape"] == [1, 77, 768]
+    assert null["sum"] * 2 == pytest.approx(negative["sum"], rel=1e-4, abs=1e-3)
+
+
+def test_server_still_serves_after_errors(comfy_server):
+    # Runs after the bad inputs above and the workflow runs below it in this file (pytest keeps file order): the
+    # workflows then also prove that sampling still works after every refused prompt.
+    assert comfy_server.process.poll() is None
+    assert comfy_server.get("/system_stats")
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = "<i> on a beach at sunset"
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+
+
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_with_one_unet_batch(comfy_server, workflow, tmp_path):
+    probe_log = tmp_path / "unet_calls.jsonl"
+    prompt = shrink(json.loads(workflow.read_text()), probe_log)
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry), indent=1)[:3000]
+    saved = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+    assert saved, f"no image came out: {entry['outputs']}"
+    for image in saved:
+        assert (comfy_server.base / "output" / image["subfolder"] / image["filename"]).is_file()
+    calls = [json.loads(line) for line in probe_log.read_text().splitlines()]
+    assert len(calls) == STEPS, f"positive and negative were not batched together: {calls}"
+    for call in calls:
+        assert call["x"][0] == 2 and call["context"][0] == 2, calls
+        assert call["context"][2] == 768, calls
+        assert call["context"][1] % 77 == 0, calls

@@ -1,0 +1,77 @@
+"""models/kosmos_g registration (with ComfyUI's add_model_folder_path semantics), dtype choice and loader
+messages, without ComfyUI."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+
+class FakeFolderPaths(types.SimpleNamespace):
+    """The two bits of ComfyUI's folder_paths the registration touches, with the same semantics."""
+
+    def __init__(self, models_dir: str):
+        super().__init__(models_dir=models_dir, folder_names_and_paths={})
+
+    def add_model_folder_path(self, name: str, path: str, is_default: bool = False) -> None:
+        if name in self.folder_names_and_paths:
+            paths, _ = self.folder_names_and_paths[name]
+            if path not in paths:
+                paths.insert(0, path) if is_default else paths.append(path)
+        else:
+            self.folder_names_and_paths[name] = ([path], set())
+
+
+def test_fresh_registration(pack):
+    mf = pack("nodes.model_folder")
+    fp = FakeFolderPaths("/comfy/models")
+    mf.register_model_folder(fp)
+    paths, extensions = fp.folder_names_and_paths["kosmos_g"]
+    assert paths == ["/comfy/models/kosmos_g"] and extensions == {".safetensors", ".sft"}
+
+
+def test_yaml_entries_are_kept_and_the_default_folder_added(pack):
+    mf = pack("nodes.model_folder")
+    fp = FakeFolderPaths("/comfy/models")
+    fp.add_model_folder_path("kosmos_g", "/big/disk/kosmos_g")  # what extra_model_paths.yaml did before us
+    mf.register_model_folder(fp)
+    mf.register_model_folder(fp)  # importing twice changes nothing
+    paths, extensions = fp.folder_names_and_paths["kosmos_g"]
+    assert paths == ["/big/disk/kosmos_g", "/comfy/models/kosmos_g"]
+    assert extensions == {".safetensors", ".sft"}
+
+
+def test_dtype_choice(pack):
+    precision = pack("nodes.precision")
+    assert precision.dtype_from_choice("auto", torch.bfloat16) is torch.bfloat16
+    assert precision.dtype_from_choice("auto", torch.float8_e4m3fn) is torch.float16
+    assert precision.dtype_from_choice("fp32", torch.float16) is torch.float32
+    with pytest.raises(ValueError, match="expected one of auto, fp16, bf16, fp32"):
+        precision.dtype_from_choice("fp64", torch.float16)
+
+
+def test_loader_messages_say_where_and_what(pack):
+    errors = pack("nodes.load_errors")
+    missing = errors.missing_file_message("kosmos.safetensors", ["/m/kosmos_g"], ["kosmos-g.safetensors"])
+    assert "'kosmos.safetensors' not found in models/kosmos_g/" in missing and "/m/kosmos_g" in missing
+    assert "'kosmos-g.safetensors'" in missing and "extra_model_paths.yaml" in missing
+    assert "The folder is empty" in errors.missing_file_message("x.safetensors", ["/m/kosmos_g"], [])
+    sd = errors.not_kosmos_message("/m/kosmos_g/v1-5.safetensors is a Stable Diffusion checkpoint, not ...", ["/m"])
+    assert "models/checkpoints/" in sd and "Load Checkpoint" in sd
+    assert "stage 2" in errors.mllm_only_message("/m/k2.safetensors")
+
+
+def test_a_real_sd_checkpoint_header_gets_the_folder_advice(pack, tmp_path):
+    from safetensors.torch import save_file
+
+    from kosmos_g_core.checkpoint import CheckpointError, read_header
+
+    errors = pack("nodes.load_errors")
+    path = tmp_path / "v1-5.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(path))
+    with pytest.raises(CheckpointError) as e:
+        read_header(path)
+    message = errors.not_kosmos_message(str(e.value), [str(tmp_path)])
+    assert "Stable Diffusion checkpoint" in message and "models/checkpoints/" in message

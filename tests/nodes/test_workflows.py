@@ -1,0 +1,80 @@
+"""The shipped workflows: each UI file (workflows/<name>.json, opens under Templates) has an API twin
+(workflows/api/<name>.json) describing the same graph, with the paper's settings.
+
+Structure is checked without ComfyUI; with COMFYUI_PATH every UI file is converted to API format through the real
+server's /object_info (tests/nodes/workflow_format.py, the frontend's rules) and must equal its twin, and every node
+type must exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.startswith("layout"))
+API_FILES = sorted(p for p in (WORKFLOWS / "api").glob("*.json") if not p.name.startswith("layout"))
+FRONTEND_ONLY = {"MarkdownNote", "Note"}
+EXPECTED = {"kosmos_g_subject_driven", "kosmos_g_multi_entity", "kosmos_g_controlnet_canny", "kosmos_g_lora",
+            "kosmos_g_txt2img", "kosmos_g_image_editing"}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    assert {p.stem for p in UI_FILES} == {p.stem for p in API_FILES}
+    assert EXPECTED <= {p.stem for p in UI_FILES}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_links_are_consistent(path):
+    workflow = load(path)
+    assert workflow["version"] == 0.4
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert workflow["last_node_id"] == max(nodes)
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        output = nodes[src]["outputs"][src_slot]
+        assert link_id in output["links"] and output["type"] == kind
+        target = nodes[dst]["inputs"][dst_slot]
+        assert target["link"] == link_id and target["type"] == kind
+    orders = sorted(node["order"] for node in nodes.values())
+    assert orders == list(range(len(nodes)))
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_graph_and_paper_settings(path):
+    prompt = load(path)
+    ui_ids = {str(n["id"]): n["type"] for n in load(WORKFLOWS / path.name)["nodes"] if n["type"] not in FRONTEND_ONLY}
+    assert {k: v["class_type"] for k, v in prompt.items()} == ui_ids
+    for node in prompt.values():
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert value[0] in prompt, f"link to a missing node {value}"
+    samplers = [n["inputs"] for n in prompt.values() if n["class_type"] == "KSampler"]
+    assert samplers
+    for sampler in samplers:
+        assert sampler["sampler_name"] == "dpmpp_2m" and sampler["scheduler"] == "normal"
+        assert sampler["steps"] == 50 and 6.0 <= sampler["cfg"] <= 7.5
+    for latent in (n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"):
+        assert (latent["width"], latent["height"]) == (512, 512)
+    assert "KosmosGLoader" in {n["class_type"] for n in prompt.values()}
+
+
+def test_the_txt2img_workflow_has_no_clip_text_encode():
+    types = {n["class_type"] for n in load(WORKFLOWS / "api" / "kosmos_g_txt2img.json").values()}
+    assert "CLIPTextEncode" not in types and "KosmosGTextEncode" in types
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_converts_to_its_api_twin_through_object_info(comfy_server, test_helper, path):
+    object_info = comfy_server.get("/object_info")
+    converter = test_helper("workflow_format")
+    workflow = load(path)
+    for node in workflow["nodes"]:
+        assert node["type"] in object_info or node["type"] in FRONTEND_ONLY, f"unknown node type {node['type']}"
+    assert converter.ui_to_api(workflow, object_info) == load(WORKFLOWS / "api" / path.name)
