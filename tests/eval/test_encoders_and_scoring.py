@@ -9,40 +9,6 @@ from training.evaluation.dreambench import score, write_report
 from training.evaluation.dreambench_protocol import load_dreambench
 from training.evaluation.encoders import ClipEncoder, DinoEncoder
 from training.evaluation.images import load_rgb
-from training.toy_world.clip_tokenizer import write_clip_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_dino(tmp_path_factory):
-    from transformers import ViTConfig, ViTModel
-
-    path = tmp_path_factory.mktemp("dino")
-    torch.manual_seed(0)
-    cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                    patch_size=16)
-    ViTModel(cfg, add_pooling_layer=False).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    path = tmp_path_factory.mktemp("clip")
-    words = "a in the jungle snow dog cat backpack teapot vase on beach red cube shaped".split()
-    tok = write_clip_tokenizer(words, path)
-    vocab = len(json.loads((tok / "vocab.json").read_text()))
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=vocab, max_position_embeddings=77, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-                         pad_token_id=vocab - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(path)
-    return path
 
 
 def test_dino_identical_image_scores_one(tiny_dino, dreambench_dir):
