@@ -215,3 +215,42 @@ def test_unknown_stage_and_registry():
 
     with pytest.raises(ValueError, match="registered stages"):
         build_stage("stage9")
+
+
+def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, monkeypatch):
+    """The hook of training_api.md: built with ([semantic], unet) only when a weight is non-zero, called after the
+    U-Net forward with the documented keywords, its weighted terms added to the loss."""
+    import sys
+    import types
+
+    calls = {}
+
+    class SemanticSupervision:
+        def __init__(self, cfg, unet):
+            calls["init"] = (cfg, unet)
+
+        def losses(self, *, batch, noise_pred, noisy_latents, timesteps, noise_scheduler, vae):
+            calls["shapes"] = (noise_pred.shape, noisy_latents.shape, timesteps.shape)
+            calls["batch_keys"] = set(batch)
+            return {"grounding": noise_pred.float().pow(2).mean() * 0 + 0.25}
+
+    fake = types.ModuleType("training.semantic_supervision")
+    fake.SemanticSupervision = SemanticSupervision
+    monkeypatch.setitem(sys.modules, "training.semantic_supervision", fake)
+
+    off = make_cfg(assets, "stage3", ["compositional"])
+    off = type(off)(**{**off.__dict__, "semantic": {"grounding_weight": 0.0}})
+    STAGES["stage3"]().build_model(off, torch.device("cpu"))
+    assert "init" not in calls  # all weights zero: not even imported
+
+    cfg = type(off)(**{**off.__dict__, "semantic": {"grounding_weight": 0.5}})
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu"))
+    assert calls["init"][0] == {"grounding_weight": 0.5} and calls["init"][1] is model.frozen["unet"]
+    batch = fixed_batch(stage, cfg)
+    torch.manual_seed(0)
+    loss, metrics = stage.loss(model, batch, 0)
+    assert metrics["loss/grounding"] == pytest.approx(0.25)
+    assert float(loss) == pytest.approx(metrics["loss/diffusion"] + 0.25, rel=1e-5)
+    assert {"entity_masks", "entity_token_index"} <= calls["batch_keys"]
+    assert calls["shapes"][0] == calls["shapes"][1] and calls["shapes"][2] == (2,)

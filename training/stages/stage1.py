@@ -28,8 +28,8 @@ class LanguageModelling(StageModule):
         logits = self.kosmos.mllm.logits(hidden[:, :-1][mask]).float()  # (n, V)
         targets = tokens[:, 1:][mask]  # (n,)
         if targets.numel() == 0:
-            # Keeps every parameter in the graph so DDP/FSDP reductions still line up.
-            loss = logits.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.kosmos.parameters() if p.requires_grad)
+            # No text target in this batch: a zero loss that still spans the graph, so DDP/FSDP reductions line up.
+            loss = hidden.float().sum() * 0.0
         else:
             loss = F.cross_entropy(logits, targets)
         return loss, {"loss/lm": loss.detach(), "lm/target_tokens": torch.tensor(float(targets.numel()))}
