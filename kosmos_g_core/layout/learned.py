@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .labels import IGNORE, display_name, is_thing
 from .layout import Entity, Layout, connected_components, mask_box
-from .model import LayoutModelConfig, TextToLayoutModel, WordVocab
+from .model import LayoutModelConfig, TextToLayoutModel, WordVocab, mention_batch
 from .prompt_parser import parse_prompt
 from .raster import dilate
 
@@ -86,9 +86,10 @@ class LearnedPlanner:
 
     def _text(self, prompts: Sequence[str], conditioning: Tensor | None) -> tuple[Tensor, Tensor]:
         c = self.model.config
+        mentions = mention_batch(prompts, c.max_mentions) if c.mention_tokens else None
         if c.text_encoder == "words":
             words = self.vocab.batch(prompts, c.max_words).to(self.device)
-            return self.model.encode_text(words=words)
+            return self.model.encode_text(words=words, mentions=mentions)
         if conditioning is None:
             raise ValueError(
                 "this layout model is conditioned on the SD1.5 CLIP text space: connect a conditioning "
@@ -96,7 +97,7 @@ class LearnedPlanner:
         cond = conditioning.to(self.device, dtype=next(self.model.parameters()).dtype)
         if cond.shape[0] == 1 and len(prompts) > 1:
             cond = cond.expand(len(prompts), -1, -1)
-        return self.model.encode_text(context=cond)
+        return self.model.encode_text(context=cond, mentions=mentions)
 
     @torch.no_grad()
     def predict_maps(self, prompts: Sequence[str], *, conditioning: Tensor | None = None, sample: bool = False,

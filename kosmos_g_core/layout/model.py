@@ -47,6 +47,9 @@ class LayoutModelConfig:
     pixel_dim: int = 32  # per-pixel embedding width of the dense head
     num_classes: int = NUM_CLASSES
     dropout: float = 0.0
+    mention_tokens: bool = True  # add one token per parsed noun mention (class + count) to the text
+    max_mentions: int = 16
+    max_count: int = 8
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +161,11 @@ class TextToLayoutModel(nn.Module):
             self.word_pos = nn.Parameter(torch.zeros(c.max_words if c.max_words >= 77 else 77, c.dim))
         else:
             raise ValueError(f"text_encoder must be 'words' or 'clip', got {c.text_encoder!r}")
+        if c.mention_tokens:
+            # Nouns the rule-based parser finds in the caption, as (class, count) tokens: an explicit, vocabulary-
+            # independent statement of what must appear and how often; the words still carry the relations.
+            self.mention_class = nn.Embedding(c.num_classes, c.dim)
+            self.mention_count = nn.Embedding(c.max_count + 1, c.dim)
         self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, False, c.dropout) for _ in range(c.text_layers))
         self.text_norm = nn.LayerNorm(c.dim)
         self.mask_token = c.num_classes  # token id of a masked cell
@@ -178,8 +186,10 @@ class TextToLayoutModel(nn.Module):
 
     # -- text ----------------------------------------------------------------------------------------------------
     def encode_text(self, words: Tensor | None = None, context: Tensor | None = None,
-                    context_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """words (B,L) long (words mode) or context (B,L,Dc) (clip mode) -> text (B,L,D), padding mask (B,L)."""
+                    context_pad: Tensor | None = None, mentions: tuple[Tensor, Tensor] | None = None
+                    ) -> tuple[Tensor, Tensor]:
+        """words (B,L) long (words mode) or context (B,L,Dc) (clip mode), plus mentions = (classes (B,M) long with
+        -1 padding, counts (B,M) long) -> text (B,L+M,D), padding mask (B,L+M)."""
         c = self.config
         if c.text_encoder == "words":
             if words is None:
@@ -194,6 +204,11 @@ class TextToLayoutModel(nn.Module):
             pad = context_pad if context_pad is not None else torch.zeros(context.shape[:2], dtype=torch.bool,
                                                                            device=context.device)
             x = self.context_proj(context.to(self.word_pos.dtype)) + self.word_pos[: context.shape[1]]
+        if c.mention_tokens and mentions is not None and mentions[0].shape[1] > 0:
+            classes, counts = (t.to(x.device) for t in mentions)
+            m = self.mention_class(classes.clamp(min=0)) + self.mention_count(counts.clamp(0, c.max_count))
+            x = torch.cat([x, m], dim=1)
+            pad = torch.cat([pad, classes.lt(0)], dim=1)
         pad = pad.clone()
         pad[:, 0] = False  # never attend to nothing
         for blk in self.text_blocks:
@@ -249,6 +264,20 @@ class TextToLayoutModel(nn.Module):
         return dense.argmax(1), edge.sigmoid()
 
 
+def mention_batch(captions: Sequence[str], max_mentions: int = 16) -> tuple[Tensor, Tensor]:
+    """Parsed noun mentions of each caption -> (classes (B,M) long, -1 = padding; counts (B,M) long), M >= 1."""
+    from .prompt_parser import parse_prompt
+
+    rows = [[(m.class_id, m.count) for m in parse_prompt(t).mentions][:max_mentions] for t in captions]
+    width = max(1, max(len(r) for r in rows))
+    classes = torch.full((len(rows), width), -1, dtype=torch.long)
+    counts = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        for k, (cls, n) in enumerate(row):
+            classes[b, k], counts[b, k] = cls, n
+    return classes, counts
+
+
 def coarse_tokens(labels: Tensor, grid: int, num_classes: int = NUM_CLASSES) -> Tensor:
     """Majority class of each cell: labels (B,S,S) long (255 ignored) -> (B,G*G) long, 255 for all-ignored cells."""
     b, s, _ = labels.shape
@@ -296,7 +325,13 @@ def layout_losses(model: TextToLayoutModel, text: Tensor, text_pad: Tensor, labe
     masked |= target_tokens.eq(IGNORE)
     inputs = torch.where(masked, torch.full_like(target_tokens, model.mask_token), target_tokens)
     token_logits, dense, edge = model(inputs, text, text_pad)
-    dense_loss = F.cross_entropy(dense, labels, ignore_index=IGNORE)
+    # Inverse-sqrt-frequency class weights from the batch: mIoU averages over classes, so small things (a sheep, a
+    # window) must not drown under sky and grass pixels.
+    valid = labels.ne(IGNORE)
+    freq = torch.bincount(labels[valid], minlength=c.num_classes).float()
+    weight = torch.where(freq > 0, freq.clamp(min=1).rsqrt(), torch.zeros_like(freq))
+    weight = weight / (weight[labels[valid]].mean() + 1e-8) if valid.any() else None
+    dense_loss = F.cross_entropy(dense, labels, weight=weight, ignore_index=IGNORE)
     tok_target = torch.where(masked, target_tokens, torch.full_like(target_tokens, IGNORE))
     if tok_target.ne(IGNORE).any():
         tok_loss = F.cross_entropy(token_logits.reshape(-1, c.num_classes), tok_target.reshape(-1), ignore_index=IGNORE)
@@ -310,6 +345,5 @@ def layout_losses(model: TextToLayoutModel, text: Tensor, text_pad: Tensor, labe
         loss = loss + edge_weight * edge_loss
         metrics["edge_bce"] = float(edge_loss.detach())
     with torch.no_grad():
-        valid = labels.ne(IGNORE)
         metrics["pixel_acc"] = float((dense.argmax(1).eq(labels) & valid).sum() / valid.sum().clamp(min=1))
     return loss, metrics

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from kosmos_g_core.layout.learned import LearnedPlanner, layout_from_prediction, load_layout_model, save_layout_model
 from kosmos_g_core.layout.metrics import LayoutEvaluator
-from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, layout_losses
+from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, layout_losses, mention_batch
 from kosmos_g_core.layout.palettes import COCO_PANOPTIC_133
 from kosmos_g_core.layout.vocabulary import NUMBER_WORDS, known_words
 
@@ -62,14 +62,16 @@ class LayoutTraining(nn.Module):
 
     def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         c = self.model.config
+        mentions = mention_batch(captions, c.max_mentions) if c.mention_tokens else None
         if c.text_encoder == "words":
-            return self.model.encode_text(words=self.vocab.batch(captions, c.max_words).to(self.device))
+            return self.model.encode_text(words=self.vocab.batch(captions, c.max_words).to(self.device),
+                                          mentions=mentions)
         from ..sd15 import clip_ids
 
         encoder, tokenizer = self.clip
         with torch.no_grad():
             context = encoder(clip_ids(tokenizer, captions, self.device)).last_hidden_state  # (B, 77, 768)
-        return self.model.encode_text(context=context.float())
+        return self.model.encode_text(context=context.float(), mentions=mentions)
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
         batch = to_device(batch, self.device)
