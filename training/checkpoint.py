@@ -241,7 +241,7 @@ class CheckpointManager:
     # -- load ----------------------------------------------------------------------------------------------------
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler) -> dict:
         """Restore model, optimiser, scheduler, scaler and this rank's RNG; returns
-        {"step": int, "loader": loader state or None, "extra": dict}."""
+        {"step": int, "loader": loader state or None, "extra": dict, "rng_restored": bool}."""
         path = Path(path)
         _load_model_state(model, load_file(str(path / "model.safetensors")), path)
         _load_optimizer_state(model, optimizer, torch.load(path / "optim.pt", weights_only=True))
@@ -249,14 +249,20 @@ class CheckpointManager:
         scheduler.load_state_dict(trainer["scheduler"])
         if scaler is not None and trainer.get("scaler"):
             scaler.load_state_dict(trainer["scaler"])
-        rank_file = path / f"rank_{self.rank:05d}.pt"
+        saved_world = int(trainer.get("world_size") or 1)
         loader_state = None
-        if rank_file.is_file() and trainer.get("world_size") == self.world_size:
-            per_rank = torch.load(rank_file, weights_only=True)
+        if saved_world == self.world_size:
+            per_rank = torch.load(path / f"rank_{self.rank:05d}.pt", weights_only=True)
             set_rng_state(per_rank["rng"])
             loader_state = per_rank["loader"]
         else:
-            log.warning("checkpoint %s was written by %s ranks, this run has %d: RNG and data position restart "
-                        "from the seed", path, trainer.get("world_size"), self.world_size)
+            # Another number of ranks: RNG streams restart from the seed; the data loader gets a saved position
+            # anyway so it can tell the split changed and move to an epoch no rank has started.
+            nearest = path / f"rank_{min(self.rank, saved_world - 1):05d}.pt"
+            loader_state = torch.load(nearest, weights_only=True)["loader"] if nearest.is_file() else None
+            log.warning("checkpoint %s was written by %d ranks, this run has %d: weights and optimiser resume, RNG "
+                        "streams restart from the seed, the data continues at a fresh epoch", path, saved_world,
+                        self.world_size)
         log.info("resumed from %s at step %d", path, trainer["step"])
-        return {"step": int(trainer["step"]), "loader": loader_state, "extra": trainer.get("extra", {})}
+        return {"step": int(trainer["step"]), "loader": loader_state, "extra": trainer.get("extra", {}),
+                "rng_restored": saved_world == self.world_size}

@@ -154,11 +154,11 @@ class Trainer:
             self.step_count = state["step"]
             if state["loader"] is not None and hasattr(self.loader, "load_state_dict"):
                 self.loader.load_state_dict(state["loader"])
-        else:
+        elif cfg.checkpoint.resume == "latest":
+            log.info("checkpoint.resume = latest: no checkpoint in %s yet, starting fresh", self.ckpt.root)
+        if self.resumed_from is None or not state["rng_restored"]:
             # Per-rank streams (noise, timesteps, dropout, CFG drops) differ across ranks, reproducibly.
             seed_everything(cfg.run.seed + 1 + info.rank)
-            if cfg.checkpoint.resume == "latest":
-                log.info("checkpoint.resume = latest: no checkpoint in %s yet, starting fresh", self.ckpt.root)
         log.info("seeds: model init %d, rank streams %d + 1 + rank (restored from the checkpoint on resume)",
                  cfg.run.seed, cfg.run.seed)
         n_trainable = sum(p.numel() for p in self.params)

@@ -222,6 +222,7 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
     U-Net forward with the documented keywords, its weighted terms added to the loss."""
     import sys
     import types
+    from dataclasses import replace
 
     calls = {}
 
@@ -239,11 +240,11 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
     monkeypatch.setitem(sys.modules, "training.semantic_supervision", fake)
 
     off = make_cfg(assets, "stage3", ["compositional"])
-    off = type(off)(**{**off.__dict__, "semantic": {"grounding_weight": 0.0}})
+    off = replace(off, semantic={"grounding_weight": 0.0})
     STAGES["stage3"]().build_model(off, torch.device("cpu"))
     assert "init" not in calls  # all weights zero: not even imported
 
-    cfg = type(off)(**{**off.__dict__, "semantic": {"grounding_weight": 0.5}})
+    cfg = replace(off, semantic={"grounding_weight": 0.5})
     stage = STAGES["stage3"]()
     model = stage.build_model(cfg, torch.device("cpu"))
     assert calls["init"][0] == {"grounding_weight": 0.5} and calls["init"][1] is model.frozen["unet"]
@@ -251,6 +252,6 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
     torch.manual_seed(0)
     loss, metrics = stage.loss(model, batch, 0)
     assert metrics["loss/grounding"] == pytest.approx(0.25)
-    assert float(loss) == pytest.approx(metrics["loss/diffusion"] + 0.25, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(metrics["loss/diffusion"] + 0.25, rel=1e-5)
     assert {"entity_masks", "entity_token_index"} <= calls["batch_keys"]
     assert calls["shapes"][0] == calls["shapes"][1] and calls["shapes"][2] == (2,)
