@@ -21,6 +21,7 @@ import torch
 from .checkpoint import DTYPES_BY_NAME, CheckpointError, save_checkpoint
 from .config import KosmosGConfig, detect_config
 from .kosmos2_checkpoint import kosmos2_tokenizer_bytes, read_kosmos2_state_dict
+from .model import KosmosG
 from .official_checkpoint import ConversionError, map_official_state_dict, read_official_state_dict
 from .tokenizer import KosmosTokenizer
 
@@ -47,8 +48,6 @@ def _describe(config: KosmosGConfig) -> str:
 
 def validate_state_dict(state: Mapping[str, torch.Tensor], source: str | Path) -> KosmosGConfig:
     """Detect the config from the shapes and check the keys and shapes are exactly those of that model."""
-    from .model import KosmosG
-
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     try:
         config = detect_config(shapes)
@@ -82,8 +81,8 @@ def validate_state_dict(state: Mapping[str, torch.Tensor], source: str | Path) -
 
 def _tokenizer(spm_bytes: bytes, dict_bytes: bytes, config: KosmosGConfig, spm_name: str) -> KosmosTokenizer:
     try:
-        tokenizer = KosmosTokenizer.from_bytes(spm_bytes, dict_bytes)
-    except Exception as e:  # sentencepiece raises RuntimeError/OSError; a bad dict.txt a ValueError
+        tokenizer = KosmosTokenizer.from_bytes(spm_bytes, dict_bytes, source=spm_name)
+    except (ValueError, RuntimeError, OSError) as e:  # TokenizerError is a ValueError
         raise ConversionError(f"{spm_name}: cannot build the KOSMOS-G tokenizer ({type(e).__name__}: {e})") from None
     if tokenizer.vocab_size != config.mllm.vocab_size:
         raise ConversionError(

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from .official_checkpoint import EMBED_KEY, ConversionError
+from .tokenizer import TokenizerError, dict_from_sentencepiece
 
 log = logging.getLogger(__name__)
 
-__all__ = ["dict_txt_from_spm", "hf_to_official_key", "kosmos2_tokenizer_bytes", "read_kosmos2_state_dict"]
+__all__ = ["hf_to_official_key", "kosmos2_tokenizer_bytes", "read_kosmos2_state_dict"]
 
 KOSMOS_G_VOCAB = 64007  # fairseq dictionary of KOSMOS-G; Kosmos-2 appends its grounding tokens after it
 HF_TIED_OUTPUT_KEY = "text_model.lm_head.weight"
@@ -227,17 +228,6 @@ def _check_tied(head_file: Path, embed_file: Path, vocab_size: int) -> None:
         )
 
 
-def dict_txt_from_spm(spm_bytes: bytes) -> bytes:
-    """fairseq `dict.txt` equivalent to KOSMOS-G's: one `<piece> 1` line per sentencepiece piece from id 3 on
-    (ids 0-2 are `<unk>`, `<s>`, `</s>`, which fairseq supplies itself), no trailing newline. Byte-identical to the
-    official file for the official sentencepiece model."""
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor(model_proto=spm_bytes)
-    lines = (f"{processor.id_to_piece(i)} 1" for i in range(3, processor.get_piece_size()))
-    return "\n".join(lines).encode("utf-8")
-
-
 def kosmos2_tokenizer_bytes(
     folder: str | Path, spm_path: str | Path | None = None, dict_path: str | Path | None = None
 ) -> tuple[bytes, bytes]:
@@ -257,6 +247,6 @@ def kosmos2_tokenizer_bytes(
         raise ConversionError(f"{dict_file}: no such file (expected the fairseq dict.txt)")
     log.info("%s has no dict.txt: rebuilding it from %s", folder, spm_file.name)
     try:
-        return spm_bytes, dict_txt_from_spm(spm_bytes)
-    except RuntimeError as e:
-        raise ConversionError(f"{spm_file}: not a sentencepiece model ({e})") from None
+        return spm_bytes, dict_from_sentencepiece(spm_bytes)  # byte-identical to the official dict.txt
+    except TokenizerError as e:
+        raise ConversionError(f"{spm_file}: {e}") from None

@@ -15,7 +15,7 @@ from PIL import Image
 
 from kosmos_g_core.checkpoint import load_checkpoint, read_header
 from kosmos_g_core.convert import main
-from kosmos_g_core.kosmos2_checkpoint import dict_txt_from_spm, hf_to_official_key
+from kosmos_g_core.kosmos2_checkpoint import hf_to_official_key
 from kosmos_g_core.prompt import InterleavedPrompt
 
 transformers = pytest.importorskip("transformers")
@@ -52,11 +52,6 @@ def write_folder(path, tokenizer_dir, cls_name="Kosmos2Model", **save_kwargs):
 def _images():
     gen = torch.Generator().manual_seed(3)
     return [Image.fromarray((torch.rand(36, 30, 3, generator=gen) * 255).to(torch.uint8).numpy()) for _ in range(2)]
-
-
-def test_dict_txt_rebuilt_from_spm_is_the_official_file(tokenizer_dir):
-    spm = (tokenizer_dir / "sentencepiece.bpe.model").read_bytes()
-    assert dict_txt_from_spm(spm) == (tokenizer_dir / "dict.txt").read_bytes()
 
 
 def test_kosmos2_mllm_matches_transformers(tmp_path, tokenizer_dir, kosmos_tokenizer, caplog):
