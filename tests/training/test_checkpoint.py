@@ -4,9 +4,8 @@ rotation keeps the last k, and the export is the pack file the core loader reads
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from training.checkpoint import CRASH_ENV, CheckpointManager
 from training.tiny_assets import write_tiny_init
 from training.train import Trainer, run
 from training.train_config import config_from_dict
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +93,12 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run_and_exports_a_load
                                rtol=1e-3, atol=1e-3)
 
 
+def _train_with_crash_hook(cfg) -> None:
+    os.environ[CRASH_ENV] = "2"
+    run(cfg)
+    os._exit(0)  # not reached when the hook fires
+
+
 def test_a_crash_while_writing_a_checkpoint_leaves_latest_loadable(assets, tmp_path):
     out = tmp_path / "crash"
     overrides = ["stage=\"stage1\"", f"run.out_dir=\"{out}\"", "run.max_steps=3", "checkpoint.every=1",
@@ -106,18 +109,21 @@ def test_a_crash_while_writing_a_checkpoint_leaves_latest_loadable(assets, tmp_p
     config = tmp_path / "stage1.toml"
     config.write_text(f'stage = "stage1"\n[[data.sources]]\nkind = "interleaved"\n'
                       f'shards = "{assets["root"] / "shards" / "interleaved"}"\n')
-    env = {**os.environ, CRASH_ENV: "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(config), *overrides],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 17, proc.stderr[-3000:]
+    from training.train_config import load_config
+
+    cfg = load_config(config, overrides)
+    # A forked child (libraries already imported) trains with the crash hook set and dies inside its 2nd save.
+    child = multiprocessing.get_context("fork").Process(target=_train_with_crash_hook, args=(cfg,))
+    child.start()
+    child.join(timeout=300)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 17, child.exitcode
     ckpts = out / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_00000001"
     assert (ckpts / ".tmp-step_00000002" / "model.safetensors").is_file()  # the write that was cut short
     assert not (ckpts / "step_00000002").exists()
 
-    from training.train_config import load_config
-
-    cfg = load_config(config, overrides)
     cfg = replace(cfg, run=replace(cfg.run, max_steps=2))
     trainer = Trainer(cfg)
     assert trainer.step_count == 1  # resumed from the last complete checkpoint
