@@ -26,6 +26,25 @@ from .prompt_inputs import Prompts, check_lengths, text_prompt
 log = logging.getLogger(__name__)
 
 
+class EagerOps(comfy.ops.disable_weight_init):
+    """ComfyUI's layer classes (no random init; low-VRAM streaming through `comfy_cast_weights`), with weights
+    allocated when the layer is built.
+
+    With dynamic VRAM (the default on NVIDIA since ComfyUI 0.4), `disable_weight_init.Linear` / `.Embedding` leave
+    their weight unallocated until `load_state_dict` assigns one. The core's loader builds the model on the meta
+    device and reads each tensor straight into its parameter (no second copy), so it needs the parameters to exist;
+    overriding `_load_from_state_dict` is ComfyUI's own switch back to eager allocation (`comfy/ops.py`).
+    """
+
+    class Linear(comfy.ops.disable_weight_init.Linear):
+        def _load_from_state_dict(self, *args, **kwargs):
+            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+    class Embedding(comfy.ops.disable_weight_init.Embedding):
+        def _load_from_state_dict(self, *args, **kwargs):
+            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
 class PatcherRoot(torch.nn.Module):
     """The module the ModelPatcher manages: the core model as its only child.
 
@@ -93,17 +112,20 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
     if not mm.supports_cast(load_device, dtype):
         log.warning("KOSMOS-G: %s cannot hold %s weights; using fp32", load_device, dtype)
         dtype = torch.float32
-    # The core computes in the dtype of its weights, so no per-layer casting is needed: disable_weight_init skips
-    # the random init (weights come from the file) and still lets the ModelPatcher stream layers in low-VRAM mode.
-    ops = comfy.ops.disable_weight_init
+    # The core computes in the dtype of its weights, so no per-layer casting (manual_cast) is needed:
+    # disable_weight_init skips the random init (weights come from the file) and still lets the ModelPatcher stream
+    # layers in low-VRAM mode.
+    ops = EagerOps
     try:
         model = load_checkpoint(path, dtype=dtype, device=offload_device, ops=ops)
     except CheckpointError as e:
         raise CheckpointError(not_kosmos_message(str(e), folders)) from None
     report(2, steps)
 
-    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    patcher = patcher_class(PatcherRoot(model), load_device=load_device, offload_device=offload_device)
+    # The classic ModelPatcher (as ComfyUI uses for text encoders with dynamic VRAM disabled): the dynamic one
+    # expects weights assigned lazily from a memory-mapped state dict, which is not how the core loads.
+    patcher = comfy.model_patcher.ModelPatcher(PatcherRoot(model), load_device=load_device,
+                                               offload_device=offload_device)
     report(3, steps)
     log.info("KOSMOS-G %s: %s weights, load device %s, offload device %s", name, dtype, load_device, offload_device)
     return KosmosGModel(patcher, name)
