@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="count FLOPs with activation checkpointing on (hardware FLOPs; use if the count OOMs)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Rank 0 logs progress; other ranks only warnings and errors.
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="kosmos_g_bench_") as tmp:
         forced = [f'run.out_dir="{tmp}/run"', f"run.max_steps={args.warmup + args.steps + 1}", "checkpoint.every=0",
                   'checkpoint.resume=""', "sample.every=0", "log.tensorboard=false", "log.wandb=false"]
