@@ -295,21 +295,21 @@ def run(cfg: TrainConfig) -> RunResult:
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train a KOSMOS-G stage (see the module docstring for torchrun commands).",
         epilog="Overrides: dotted.key=value pairs after the options, e.g. optim.lr=1e-4 data.batch_size=8")
     parser.add_argument("--config", required=True, help="stage TOML, e.g. training/configs/stage2.toml")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
-    return parser.parse_args(argv), []
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     # Rank 0 logs progress; other ranks only warnings and errors.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args, _ = parse_args(argv)
+    args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run(cfg)
 
