@@ -43,8 +43,8 @@ class ToyRunConfig:
     stage1_lr: float = 1e-3
     stage2_steps: int = 300
     stage2_lr: float = 1e-3
-    stage3_steps: int = 600
-    stage3_lr: float = 3e-4
+    stage3_steps: int = 1000
+    stage3_lr: float = 5e-4
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     @classmethod

@@ -33,8 +33,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: dict[str, str] = {"disc": "round", "square": "square", "triangle": "pointed", "cross": "crossed"}
 CLASS_WORD = "toy"
-SUBJECT_HALF = 0.25  # subject half-extent as a fraction of the image side (a 16 px subject in a 32 px scene)
-JITTER = 0.09  # maximum centre offset, fraction of the side
+SUBJECT_HALF = 0.28  # subject half-extent as a fraction of the image side (an 18 px subject in a 32 px scene)
+JITTER = 0.06  # maximum centre offset, fraction of the side
 
 
 @dataclass(frozen=True)

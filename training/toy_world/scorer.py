@@ -5,7 +5,8 @@ On an image resized to 32 x 32 (bilinear):
 2. subject mask = pixels farther than FOREGROUND_DISTANCE (RGB, 0..255) from the background; fewer than
    MIN_SUBJECT_PIXELS pixels means "no subject" (colour and shape both wrong).
 3. colour = nearest COLOURS entry to the per-channel median of the mask pixels.
-4. shape = the SHAPES template, drawn so its centroid sits on the mask's centroid, with the highest IoU against the mask.
+4. shape = the SHAPES template, drawn so its centroid sits on the mask's centroid (best of
+   3 x 3 half-pixel shifts), with the highest IoU against the mask.
 Subject fidelity = mean of colour-correct and shape-correct; text fidelity = place-correct.
 """
 
@@ -40,6 +41,9 @@ def _nearest(value: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
     return names[int(np.argmin(dists))]
 
 
+_SUBPIXEL = [(x / (2 * SCORE_SIZE), y / (2 * SCORE_SIZE)) for x in (-1, 0, 1) for y in (-1, 0, 1)]
+
+
 @functools.cache
 def _centroid_offset(shape: str) -> tuple[float, float]:
     """Centroid of a shape minus its drawing centre, in fractions of the side (non-zero for the triangle)."""
@@ -67,10 +71,11 @@ def read_image(image: Image.Image) -> Reading:
     best, best_iou = None, -1.0
     for shape in SHAPES:
         dx, dy = _centroid_offset(shape)
-        template = subject_mask(shape, SCORE_SIZE, cx - dx, cy - dy)
-        iou = float((template & mask).sum() / max(1, (template | mask).sum()))
-        if iou > best_iou:
-            best, best_iou = shape, iou
+        for ox, oy in _SUBPIXEL:  # rasterisation moves edges by up to a pixel: take the best sub-pixel placement
+            template = subject_mask(shape, SCORE_SIZE, cx - dx + ox, cy - dy + oy)
+            iou = float((template & mask).sum() / max(1, (template | mask).sum()))
+            if iou > best_iou:
+                best, best_iou = shape, iou
     return Reading(place, colour, best, best_iou, count)
 
 
