@@ -291,14 +291,19 @@ def coarse_tokens(labels: Tensor, grid: int, num_classes: int = NUM_CLASSES) -> 
 
 
 def instance_boundaries(instance_map: Tensor) -> Tensor:
-    """(B,S,S) instance ids (0 = none) -> (B,S,S) float 1 where a pixel of an instance has a 4-neighbour with a
-    different id (the outline of every instance)."""
+    """(B,S,S) instance ids (0 = none) -> (B,S,S) float 1 on instance pixels that touch a *different instance*
+    (4-neighbourhood): the contact lines along which touching instances are cut apart at inference. Outlines
+    against background are not marked, so a small object is not all boundary at low resolution."""
     x = instance_map
     edge = torch.zeros_like(x, dtype=torch.bool)
-    edge[:, 1:] |= x[:, 1:] != x[:, :-1]
-    edge[:, :-1] |= x[:, :-1] != x[:, 1:]
-    edge[:, :, 1:] |= x[:, :, 1:] != x[:, :, :-1]
-    edge[:, :, :-1] |= x[:, :, :-1] != x[:, :, 1:]
+
+    def contact(a: Tensor, b: Tensor) -> Tensor:
+        return (a != b) & b.ne(0)
+
+    edge[:, 1:] |= contact(x[:, 1:], x[:, :-1])
+    edge[:, :-1] |= contact(x[:, :-1], x[:, 1:])
+    edge[:, :, 1:] |= contact(x[:, :, 1:], x[:, :, :-1])
+    edge[:, :, :-1] |= contact(x[:, :, :-1], x[:, :, 1:])
     return (edge & x.ne(0)).float()
 
 

@@ -88,9 +88,11 @@ def test_model_pieces():
     labels[0, 4:, :] = 7
     labels[0, 4, 0] = 3
     assert coarse_tokens(labels, 2).tolist() == [[3, 5, 7, 7]]
-    inst = torch.zeros(1, 4, 4, dtype=torch.long)
-    inst[0, 1:3, 1:3] = 1
-    assert instance_boundaries(inst)[0].sum() == 4  # a 2x2 instance is all outline
+    inst = torch.zeros(1, 4, 6, dtype=torch.long)
+    inst[0, 1:3, 0:2] = 1
+    inst[0, 1:3, 2:4] = 2  # touches instance 1
+    inst[0, 1:3, 5] = 3  # alone: no contact line
+    assert instance_boundaries(inst)[0].tolist() == [[0] * 6, [0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0] * 6]
 
 
 def test_stage_trains_exports_and_plans(tmp_path):
