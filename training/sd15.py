@@ -94,7 +94,10 @@ def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
 def _freeze(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     module.requires_grad_(False)
     module.eval()
-    return module.to(device=device, dtype=dtype)
+    module = module.to(device)
+    if any(p.dtype != dtype for p in module.parameters()):
+        module = module.to(dtype)
+    return module
 
 
 def _require(path: Path, what: str) -> Path:

@@ -255,3 +255,30 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
     assert float(loss.detach()) == pytest.approx(metrics["loss/diffusion"] + 0.25, rel=1e-5)
     assert {"entity_masks", "entity_token_index"} <= calls["batch_keys"]
     assert calls["shapes"][0] == calls["shapes"][1] and calls["shapes"][2] == (2,)
+
+
+def test_stage3_with_real_grounding_supervision_is_unchanged_by_activation_checkpointing(assets):
+    """Checkpointed layers re-run in backward and would leave stale attention records for the next step."""
+    pytest.importorskip("training.semantic_supervision")
+    from dataclasses import replace
+
+    losses = {}
+    for checkpointing in (True, False):
+        cfg = make_cfg(assets, "stage3", ["compositional"], activation_checkpointing=checkpointing)
+        cfg = replace(cfg, semantic={"grounding_weight": 0.1, "grounding_sizes": []})
+        stage = STAGES["stage3"]()
+        model = stage.build_model(cfg, torch.device("cpu"))
+        if checkpointing:
+            stage.enable_activation_checkpointing(model)
+        batch = fixed_batch(stage, cfg)
+        optimizer = build_optimizer(stage.trainable_parameters(model), OptimConfig(lr=1e-3, warmup_steps=0))
+        torch.manual_seed(0)
+        run = []
+        for _ in range(3):
+            loss, metrics = stage.loss(model, batch, 0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run += [float(loss.detach()), metrics["loss/semantic/grounding"]]
+        losses[checkpointing] = run
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)

@@ -44,6 +44,9 @@ class InstructionTuning(StageModule):
         unet, vae, scheduler = self.frozen["unet"], self.frozen["vae"], self.frozen["noise_scheduler"]
         tokens, image_mask, pixels, target = batch["tokens"], batch["image_mask"], batch["pixels"], batch["target"]
         B = tokens.shape[0]
+        semantic = self.frozen.get("semantic")
+        if semantic is not None:
+            _reset_records(semantic)
         embeds = self.kosmos.encode_images(pixels) if pixels.shape[0] else None  # (N, 64, D)
         cond = self.kosmos.align(self.kosmos.mllm_forward(tokens, embeds, image_mask), tokens)  # (B, 77, 768)
         null_tokens = tokens.new_zeros(1, 1)  # [<s>]
@@ -60,7 +63,6 @@ class InstructionTuning(StageModule):
         diffusion = (noise_pred.float() - noise.float()).pow(2).mean(dim=(1, 2, 3)).mean()
         loss = diffusion
         metrics = {"loss/diffusion": diffusion.detach(), "cond/null_share": drop.float().mean()}
-        semantic = self.frozen.get("semantic")
         if semantic is not None:
             terms = semantic.losses(batch=batch, noise_pred=noise_pred, noisy_latents=noisy, timesteps=timesteps,
                                     noise_scheduler=scheduler, vae=vae)
@@ -80,6 +82,19 @@ class InstructionTuning(StageModule):
         finally:
             self.train(was_training)
         return cond, uncond
+
+
+def _reset_records(semantic) -> None:
+    """Drop attention records left by the previous backward: activation checkpointing re-runs the recorded
+    layers during backward, and those records belong to a freed graph."""
+    if hasattr(semantic, "reset"):
+        semantic.reset()
+        return
+    store = getattr(semantic, "store", None)
+    for name in ("unet", "aligner"):
+        records = getattr(store, name, None)
+        if hasattr(records, "clear"):
+            records.clear()
 
 
 def _prompts(items) -> list:
@@ -140,7 +155,12 @@ class Stage3(KosmosStage):
         if semantic_enabled(cfg.semantic):
             from training.semantic_supervision import SemanticSupervision  # layout engineer's module, lazily
 
-            module.add_frozen("semantic", SemanticSupervision(dict(cfg.semantic), parts.unet))
+            semantic = SemanticSupervision(dict(cfg.semantic), parts.unet)
+            if hasattr(semantic, "attach_aligner"):
+                # Entity token positions are MLLM positions: the hook maps them to the U-Net's 77 context slots
+                # through AlignerNet M's attention.
+                semantic.attach_aligner(kosmos.aligner)
+            module.add_frozen("semantic", semantic)
             log.info("semantic supervision enabled: %s", cfg.semantic)
         return self.finish_model(cfg, module)
 
