@@ -186,6 +186,9 @@ def comfy_server(tmp_path_factory, comfyui_dir, comfy_python, sd15_models, kosmo
         (models / folder).mkdir(parents=True)
         for file in (sd15_models / folder).iterdir():
             (models / folder / file.name).symlink_to(file)
+    # The layout workflows use a segmentation ControlNet: same SD1.5 ControlNet architecture, so the same random file.
+    (models / "controlnet" / "control_v11p_sd15_seg_fp16.safetensors").symlink_to(
+        sd15_models / "controlnet" / "control_v11p_sd15_canny_fp16.safetensors")
     kosmos_dir = models / "kosmos_g"
     kosmos_dir.mkdir()
     _save_tiny_kosmos_g(kosmos_dir / KOSMOS_G_NAME, kosmos_tokenizer)
