@@ -119,8 +119,8 @@ def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
 
 
 def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig(), seed: int = 0,
-                     threads: int | None = None) -> Path:
-    """Train and save the toy base model as an SD1.5-layout diffusers folder. Returns `out_dir`."""
+                     threads: int | None = None, save_dtype: torch.dtype = torch.float32) -> Path:
+    """Train and save the toy base model as an SD1.5-layout diffusers folder (weights in `save_dtype`)."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
@@ -189,9 +189,9 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
                      time.time() - t0)
     unet.eval()
 
-    unet.save_pretrained(out / "unet")
-    vae.save_pretrained(out / "vae")
-    text.save_pretrained(out / "text_encoder")
+    unet.to(save_dtype).save_pretrained(out / "unet")
+    vae.to(save_dtype).save_pretrained(out / "vae")
+    text.to(save_dtype).save_pretrained(out / "text_encoder")
     scheduler.save_pretrained(out / "scheduler")
     cfg_path = out / "scheduler" / "scheduler_config.json"
     sched_cfg = json.loads(cfg_path.read_text()) | {"set_alpha_to_one": False, "skip_prk_steps": True}
@@ -217,4 +217,24 @@ def load_text_side(folder: str | Path):
 
     folder = Path(folder)
     return (CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
-            CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).eval())
+            CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=torch.float32).eval())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m training.toy_world.base_model --out training/toy_world/assets/base --fp16  (the shipped copy)"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.toy_world.base_model", description=main.__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train_base_model(args.out, PRESETS[args.preset](), args.seed, args.threads or None,
+                     torch.float16 if args.fp16 else torch.float32)
+
+
+if __name__ == "__main__":
+    main()

@@ -52,13 +52,20 @@ class ToyRunConfig:
         return cls()
 
     @classmethod
+    def demo(cls) -> ToyRunConfig:
+        """Shorter stages for `python -m training.demo` (which starts from the shipped base model)."""
+        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=40, stage2_steps=150,
+                   stage3_steps=400)
+
+    @classmethod
     def smoke(cls) -> ToyRunConfig:
         """Every step of the pipeline for a few iterations (tests; about a minute)."""
         return cls(base=BaseModelConfig.test(), caption_scenes=64, compositional_scenes=64, batch_size=4,
-                   stage1_steps=2, stage2_steps=2, stage3_steps=2, eval=EvalSettings(steps=2, batch=100))
+                   stage1_steps=2, stage2_steps=2, stage3_steps=2,
+                   eval=EvalSettings(steps=2, batch=100, pairs=10, chart=False))
 
 
-PRESETS = {"full": ToyRunConfig.full, "smoke": ToyRunConfig.smoke}
+PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRunConfig.smoke}
 
 
 def _init_checkpoint(path: Path, tokenizer_dir: Path, seed: int) -> Path:

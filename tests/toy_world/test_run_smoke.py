@@ -1,0 +1,24 @@
+"""The whole toy-world pipeline at smoke size: base model, the real stage 1-3 trainer, export, load, evaluation."""
+
+import json
+
+from training.toy_world.run import ToyRunConfig, run
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    results = run(tmp_path, ToyRunConfig.smoke())
+    for stage in ("stage1", "stage2", "stage3"):
+        assert (tmp_path / stage / "export.safetensors").is_file()
+        assert (tmp_path / "configs" / f"{stage}.toml").is_file()
+    assert set(results["conditions"]) == {"after_stage3_image", "after_stage3_text", "before_stage3_image",
+                                          "base_text", "base_text_described"}
+    for scores in results["conditions"].values():
+        assert scores["images"] == 10 and 0.0 <= scores["subject_fidelity"] <= 1.0
+    align = results["stage2_alignment"]["stage2"]
+    assert align["mse"] > 0 and align["constant_baseline_mse"] > 0
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["sampling"]["images_per_condition"] == 10
+    assert (tmp_path / "eval" / "samples_grid.png").stat().st_size > 1000
+    assert "after_stage3_image" in (tmp_path / "eval" / "results.md").read_text()
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert {"base_model", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings["timings_seconds"])
