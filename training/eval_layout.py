@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kosmos_g_core.layout.learned import LearnedPlanner, layout_from_prediction, load_layout_model
+from kosmos_g_core.layout.learned import LearnedPlanner, load_layout_model
 from kosmos_g_core.layout.metrics import LayoutEvaluator, best_of_k
 from kosmos_g_core.layout.planner import RuleBasedPlanner
 
@@ -57,19 +57,16 @@ def score_learned(planner: LearnedPlanner, pairs: Sequence[tuple[str, np.ndarray
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         captions = [c for c, _ in chunk]
-        labels, edges = planner.predict_maps(captions)
-        for k, ((caption, gt), lab, edge) in enumerate(zip(chunk, labels, edges, strict=True)):
+        for k, ((caption, gt), layout) in enumerate(zip(chunk, planner.layouts(captions), strict=True)):
             h, w = gt.shape
-            layout = layout_from_prediction(lab, edge, caption).resized(w, h)
+            layout = layout.resized(w, h)
             ev.update(caption, layout, gt)
             samples[start + k].append(layout.label_map)
         for j in range(best_of if best_of > 1 else 0):
-            labels, _ = planner.predict_maps(captions, sample=True, seed=seed * 1000 + j + start)
-            for k, ((_, gt), lab) in enumerate(zip(chunk, labels, strict=True)):
+            drawn = planner.layouts(captions, sample=True, seed=seed * 1000 + j + start)
+            for k, ((_, gt), layout) in enumerate(zip(chunk, drawn, strict=True)):
                 h, w = gt.shape
-                ys = np.arange(h) * lab.shape[0] // h
-                xs = np.arange(w) * lab.shape[1] // w
-                samples[start + k].append(lab[ys][:, xs])
+                samples[start + k].append(layout.resized(w, h).label_map)
     out = ev.scores().as_dict()
     if best_of > 1:
         out[f"best_of_{best_of + 1}_miou"] = best_of_k(samples, [g for _, g in pairs])[0]

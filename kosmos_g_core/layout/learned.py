@@ -100,57 +100,137 @@ class LearnedPlanner:
         return self.model.encode_text(context=cond, mentions=mentions)
 
     @torch.no_grad()
-    def predict_maps(self, prompts: Sequence[str], *, conditioning: Tensor | None = None, sample: bool = False,
-                     seed: int = 0, steps: int = 6, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """(B,S,S) uint8 label maps and (B,S,S) float boundary probabilities at the model's resolution."""
+    def predict_probs(self, prompts: Sequence[str], *, conditioning: Tensor | None = None, sample: bool = False,
+                      seed: int = 0, steps: int = 6, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(B,C,S,S) float32 class probabilities and (B,S,S) boundary probabilities at the model's resolution."""
         text, pad = self._text(prompts, conditioning)
         if sample:
             gen = torch.Generator(device=self.device).manual_seed(seed)
-            labels, edge = self.model.sample(text, pad, steps=steps, temperature=temperature, generator=gen)
+            probs, edge = self.model.sample(text, pad, steps=steps, temperature=temperature, generator=gen)
         else:
-            labels, edge = self.model.predict(text, pad)
-        return labels.to(torch.uint8).cpu().numpy(), edge.float().cpu().numpy()
+            probs, edge = self.model.predict(text, pad)
+        return probs.float().cpu().numpy(), edge.float().cpu().numpy()
+
+    def predict_maps(self, prompts: Sequence[str], *, conditioning: Tensor | None = None, sample: bool = False,
+                     seed: int = 0, steps: int = 6, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(B,S,S) uint8 per-pixel argmax label maps and (B,S,S) boundary probabilities."""
+        probs, edge = self.predict_probs(prompts, conditioning=conditioning, sample=sample, seed=seed, steps=steps,
+                                         temperature=temperature)
+        return probs.argmax(1).astype(np.uint8), edge
+
+    def layouts(self, prompts: Sequence[str], *, conditioning: Tensor | None = None, sample: bool = False,
+                seed: int = 0) -> list[Layout]:
+        """Layouts at the model's resolution, decoded with the prompts' counts (see decode_layout)."""
+        probs, edge = self.predict_probs(prompts, conditioning=conditioning, sample=sample, seed=seed)
+        return [decode_layout(p, e, t) for p, e, t in zip(probs, edge, prompts, strict=True)]
 
     def plan(self, prompt: str, *, width: int = 512, height: int = 512, seed: int = 0, conditioning=None,
              sample: bool = False) -> Layout:
-        labels, edge = self.predict_maps([prompt], conditioning=conditioning, sample=sample, seed=seed)
-        return layout_from_prediction(labels[0], edge[0], prompt).resized(width, height)
+        return self.layouts([prompt], conditioning=conditioning, sample=sample, seed=seed)[0].resized(width, height)
 
 
-def layout_from_prediction(labels: np.ndarray, edge: np.ndarray, prompt: str, *, min_pixels: int = 3,
-                           planner: str = "learned") -> Layout:
-    """Label map + boundary probability -> Layout: thing instances are the components left after cutting along
-    predicted boundaries (cut pixels rejoin their nearest instance); entities are named after the prompt's nouns."""
-    h, w = labels.shape
-    inst = np.zeros((h, w), dtype=np.int32)
+def decode_layout(probs: np.ndarray, edge: np.ndarray, prompt: str) -> Layout:
+    """Class probabilities (C,S,S) -> Layout, honouring the prompt's nouns and counts.
+
+    A per-pixel argmax is the mean layout: an object whose position the model is unsure of (three dogs somewhere on
+    the grass) spreads its probability thin and wins no pixel. So, as a detection head decodes a heat map, every
+    counted noun of the prompt (things and countable stuff such as trees and houses) is decoded into exactly its
+    count of blobs: the expected area sum(p_c) / n per instance, grown from the highest-probability free pixel in
+    order of decreasing p_c, with a one-pixel gap between instances. A noun whose argmax components already match
+    its count keeps them; everything else keeps the argmax.
+    """
+    import heapq
+
+    from .vocabulary import is_countable
+
+    _, h, w = probs.shape
+    argmax = probs.argmax(0)
+    mentions = []
+    kept: dict[int, list[np.ndarray]] = {}
+    for m in parse_prompt(prompt).mentions:
+        if not is_countable(m.class_id):
+            continue
+        # the argmax already shows exactly the asked count: keep its shapes
+        comp, n = connected_components((argmax == m.class_id) & (edge < 0.5))
+        parts = [p for p in (comp == k for k in range(1, n + 1)) if p.sum() >= 3]
+        if len(parts) == m.count:
+            kept[m.class_id] = parts
+        else:
+            mentions.append(m)
+    counted = {m.class_id for m in mentions}
+    rest = probs.copy()
+    rest[list(counted)] = -1.0
+    labels = rest.argmax(0).astype(np.uint8)  # background: argmax over classes that are not decoded as instances
+    taken = np.zeros((h, w), dtype=bool)
+    for parts in kept.values():
+        for part in parts:
+            taken |= dilate(part, 1)
+    placed: list[tuple[int, int, np.ndarray]] = []  # (class, mention index, mask)
+    # largest objects first, so small ones fill around them
+    for m in sorted(mentions, key=lambda m: -float(probs[m.class_id].sum()) / max(m.count, 1)):
+        p = probs[m.class_id].astype(np.float64)
+        area = max(2, int(round(p.sum() / m.count)))
+        free = p.copy()
+        free[taken] = -1.0
+        for _ in range(m.count):
+            y0, x0 = np.unravel_index(int(free.argmax()), free.shape)
+            if free[y0, x0] < 0:
+                break
+            region = np.zeros((h, w), dtype=bool)
+            heap = [(-free[y0, x0], y0, x0)]
+            seen = {(y0, x0)}
+            size = 0
+            while heap and size < area:
+                _, y, x = heapq.heappop(heap)
+                region[y, x] = True
+                size += 1
+                for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                    if 0 <= ny < h and 0 <= nx < w and (ny, nx) not in seen and free[ny, nx] >= 0:
+                        seen.add((ny, nx))
+                        heapq.heappush(heap, (-free[ny, nx], ny, nx))
+            placed.append((m.class_id, m.index, region))
+            taken |= region
+            gap = dilate(region, 1)
+            free[gap] = -1.0
+    by_class: dict[int, list[np.ndarray]] = dict(kept)
+    for cls, _, region in placed:
+        labels[region] = cls
+        by_class.setdefault(cls, []).append(region)
+    return _layout(labels, by_class, prompt, edge)
+
+
+def _layout(labels: np.ndarray, regions: dict[int, list[np.ndarray]], prompt: str, edge: np.ndarray,
+            min_pixels: int = 3) -> Layout:
+    """Entities in prompt order: given regions for some classes; for other things the 4-connected components left
+    after cutting along predicted contact lines (edge > 0.5); one region per stuff class."""
     parsed = parse_prompt(prompt)
     word_of = {m.class_id: m.word for m in parsed.mentions}
     order = {m.class_id: m.index for m in parsed.mentions}
-    classes = sorted((int(c) for c in np.unique(labels) if c != IGNORE), key=lambda c: (order.get(c, 10**6), c))
+    classes = sorted({int(c) for c in np.unique(labels) if c != IGNORE} | set(regions),
+                     key=lambda c: (order.get(c, 10**6), c))
+    inst = np.zeros(labels.shape, dtype=np.int32)
     entities: list[Entity] = []
     for c in classes:
         cls_mask = labels == c
-        if is_thing(c):
+        if c in regions:
+            parts = [r & cls_mask for r in regions[c]]
+        elif is_thing(c):
             comp, n = connected_components(cls_mask & (edge < 0.5))
-            parts = [comp == k for k in range(1, n + 1)]
-            parts = [p for p in parts if p.sum() >= min_pixels]
-            if not parts:
-                parts = [cls_mask] if cls_mask.sum() >= min_pixels else []
-            else:
-                claimed = np.zeros_like(cls_mask)
-                for p in parts:
-                    claimed |= p
-                for _ in range(3):  # give boundary pixels back to the adjacent instance
-                    for p in parts:
-                        grow = dilate(p, 1) & cls_mask & ~claimed
-                        p |= grow
-                        claimed |= grow
-            parts.sort(key=lambda p: mask_box(p)[0])
+            parts = [p for p in (comp == k for k in range(1, n + 1)) if p.sum() >= min_pixels]
+            if not parts and cls_mask.sum() >= min_pixels:
+                parts = [cls_mask]
         else:
             parts = [cls_mask]
+        parts = [p for p in parts if p.any()]
+        parts.sort(key=lambda p: mask_box(p)[0])
         for k, part in enumerate(parts):
             iid = len(entities) + 1
             inst[part] = iid
-            name = word_of.get(c, display_name(c))
-            entities.append(Entity(name, c, iid, mask_box(part), len(parts), k, order.get(c, -1)))
-    return Layout(labels.astype(np.uint8), inst, tuple(entities), prompt, planner)
+            entities.append(Entity(word_of.get(c, display_name(c)), c, iid, mask_box(part), len(parts), k,
+                                   order.get(c, -1)))
+    return Layout(labels.astype(np.uint8), inst, tuple(entities), prompt, "learned")
+
+
+def layout_from_prediction(labels: np.ndarray, edge: np.ndarray, prompt: str) -> Layout:
+    """A bare label map (+ boundary probabilities) -> Layout, without count decoding (argmax layouts, tests)."""
+    return _layout(np.asarray(labels, dtype=np.uint8), {}, prompt, edge)

@@ -237,14 +237,15 @@ class TextToLayoutModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, text: Tensor, text_pad: Tensor) -> tuple[Tensor, Tensor]:
-        """Deterministic layout: label map (B,S,S) long, boundary probability (B,S,S)."""
+        """Deterministic layout: class probabilities (B,C,S,S), boundary probability (B,S,S)."""
         _, dense, edge = self(self.all_masked(text.shape[0], text.device), text, text_pad)
-        return dense.argmax(1), edge.sigmoid()
+        return dense.float().softmax(1), edge.sigmoid()
 
     @torch.no_grad()
     def sample(self, text: Tensor, text_pad: Tensor, *, steps: int = 6, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """MaskGIT decoding of the token grid (cosine schedule), then the dense head: (B,S,S) labels, boundary."""
+        """MaskGIT decoding of the token grid (cosine schedule), then the dense head: class probabilities
+        (B,C,S,S) given the drawn tokens, boundary probability (B,S,S)."""
         b, n = text.shape[0], self.config.grid**2
         tokens = self.all_masked(b, text.device)
         for t in range(steps):
@@ -261,7 +262,7 @@ class TextToLayoutModel(nn.Module):
                 idx = conf.argsort(dim=1)[:, :keep_masked]
                 tokens.scatter_(1, idx, self.mask_token)
         _, dense, edge = self(tokens, text, text_pad)
-        return dense.argmax(1), edge.sigmoid()
+        return dense.float().softmax(1), edge.sigmoid()
 
 
 def mention_batch(captions: Sequence[str], max_mentions: int = 16) -> tuple[Tensor, Tensor]:

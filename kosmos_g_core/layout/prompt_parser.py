@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .labels import CLASS_ID, is_thing
-from .vocabulary import MAX_PHRASE_WORDS, NUMBER_WORDS, is_plural, lookup
+from .vocabulary import MAX_PHRASE_WORDS, NUMBER_WORDS, is_countable, is_plural, lookup
 
 RELATIONS = (
     "in_front_of", "behind", "along", "above", "below", "on", "in", "next_to", "left_of", "right_of", "with",
@@ -73,7 +73,7 @@ class ParsedPrompt:
         return next((m for m in self.mentions if m.class_id == class_id), None)
 
     def counts(self) -> dict[int, int]:
-        """class id -> instances asked for, things only."""
+        """class id -> instances asked for, things only (count accuracy is a thing metric, as in NSR-1K)."""
         out: dict[int, int] = {}
         for m in self.mentions:
             if m.is_thing:
@@ -140,7 +140,7 @@ def parse_prompt(text: str) -> ParsedPrompt:
         explicit = count is not None
         if count is None:
             count = 2 if is_plural(words[i + n - 1]) else 1
-        if not is_thing(cid):
+        if not is_countable(cid):
             count = 1
         previous = next((m for m in mentions if m.class_id == cid), None)
         if previous is not None and not new:

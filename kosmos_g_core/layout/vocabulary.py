@@ -106,6 +106,20 @@ def lookup(phrase: str) -> str | None:
     return _LOOKUP.get(" ".join(words))
 
 
+# Stuff classes that come as countable objects ("two trees", "three houses"); the others are amorphous regions.
+COUNTABLE_STUFF: frozenset[str] = frozenset({
+    "tree", "bush", "house", "building-other", "skyscraper", "tent", "rock", "stone", "window-other",
+    "window-blind", "door-stuff", "roof", "bridge", "clouds", "flower", "pillow", "towel", "banner", "light",
+})
+
+
+def is_countable(class_id: int) -> bool:
+    """Things, and the stuff classes people count (trees, houses, windows, clouds ...)."""
+    from .labels import is_thing
+
+    return is_thing(class_id) or COCO_STUFF_CLASSES[class_id] in COUNTABLE_STUFF
+
+
 def resolve_class(name: str) -> int:
     """User-facing class name (any synonym, e.g. 'street', 'sky', 'window-other') -> internal id.
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kosmos_g_core.layout.learned import LearnedPlanner, layout_from_prediction, load_layout_model, save_layout_model
+from kosmos_g_core.layout.learned import LearnedPlanner, load_layout_model, save_layout_model
 from kosmos_g_core.layout.metrics import LayoutEvaluator
 from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, layout_losses, mention_batch
 from kosmos_g_core.layout.palettes import COCO_PANOPTIC_133
@@ -201,9 +201,8 @@ class LayoutStage:
         shown = []
         for start in range(0, n, 64):
             chunk = self._val[start : start + 64]
-            labels, edges = planner.predict_maps([s.caption for s in chunk])
-            for sc, lab, edge in zip(chunk, labels, edges, strict=True):
-                lay = layout_from_prediction(lab, edge, sc.caption).resized(size, size)
+            for sc, lay in zip(chunk, planner.layouts([s.caption for s in chunk]), strict=True):
+                lay = lay.resized(size, size)
                 ev.update(sc.caption, lay, sc.labels)
                 if len(shown) < 8:
                     shown.append(np.concatenate([COCO_PANOPTIC_133.render(sc.labels), lay.render()], axis=1))
