@@ -177,7 +177,9 @@ def test_object_info_lists_the_layout_nodes(layout_server):
                  "KosmosGLayoutModelLoader", "KosmosGLayoutFaithfulness"):
         assert node in info, node
     assert info["KosmosGPromptToLayout"]["output"] == ["IMAGE", "MASK", "KOSMOS_G_LAYOUT", "STRING"]
-    assert "tiny_layout.safetensors" in info["KosmosGLayoutModelLoader"]["input"]["required"]["model_name"][0]
+    spec = info["KosmosGLayoutModelLoader"]["input"]["required"]["model_name"]
+    options = spec[1].get("options") if spec[0] == "COMBO" else spec[0]  # V3 combos: ["COMBO", {"options": [...]}]
+    assert "tiny_layout.safetensors" in options
 
 
 @pytest.mark.parametrize("name", NAMES)
