@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ def _peak_rss() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    import resource  # Unix only; /proc covers Linux
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
