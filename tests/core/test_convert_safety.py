@@ -46,7 +46,7 @@ def test_pickle_that_runs_code_is_refused_without_running(tmp_path, zip_format):
 def test_plain_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "executed"
     path = tmp_path / "plain.pkl"
-    path.write_bytes(pickle.dumps(_WritesMarker(marker)))
+    path.write_bytes(pickle.dumps(_WritesMarker(marker), protocol=2))
     with pytest.raises(ConversionError, match="Nothing in the file was executed"):
         safe_torch_load(path)
     assert not marker.exists()
