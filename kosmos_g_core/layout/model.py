@@ -62,6 +62,8 @@ class LayoutModelConfig:
 PRESETS: dict[str, LayoutModelConfig] = {
     "tiny": LayoutModelConfig(vocab_size=256, dim=32, heads=2, text_layers=1, layers=1, grid=4, out_size=16,
                               pixel_dim=16),
+    "tiny_clip": LayoutModelConfig(text_encoder="clip", dim=32, heads=2, text_layers=1, layers=1, grid=4,
+                                   out_size=16, pixel_dim=16),
     "small": LayoutModelConfig(),
     "small_clip": LayoutModelConfig(text_encoder="clip"),
 }

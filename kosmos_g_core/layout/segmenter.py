@@ -129,8 +129,8 @@ class Segmenter:
         x = images
         if self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        p = next(self.model.parameters())
-        x = ((x - self.mean.to(x)) / self.std.to(x)).to(p.dtype)
+        p = next(self.model.parameters(), None)
+        x = ((x - self.mean.to(x)) / self.std.to(x)).to(p.dtype if p is not None else x.dtype)
         out = self.model(pixel_values=x)
         if self.universal:
             cls = out.class_queries_logits.softmax(-1)[..., :-1]  # (B, Q, C), drop "no object"

@@ -161,3 +161,22 @@ def test_eval_cli_prints_both_planners(tmp_path, capsys):
     assert "rule_based" in out and "learned" in out and "best_of_3_miou" in out
     assert 0.0 <= rows["rule_based"]["miou"] <= 1.0 and rows["learned"]["best_of_3_miou"] >= 0.0
     assert json.loads((tmp_path / "s.json").read_text())["scores"]["learned"]["num_images"] == 6
+
+
+def test_clip_space_stage_with_a_tiny_sd15_text_encoder(tmp_path):
+    """`small_clip`-style training: captions encoded by the frozen SD1.5 CLIP text encoder (the space KOSMOS-G's
+    AlignerNet writes), here a tiny random one written by training.sd15.write_tiny_sd15."""
+    import training
+    from training.sd15 import write_tiny_sd15
+    from training.train import run
+    from training.train_config import load_config
+
+    sd15 = write_tiny_sd15(tmp_path / "sd15")
+    tiny = Path(training.__file__).parent / "configs" / "tiny" / "layout.toml"
+    cfg = load_config(tiny, [f"run.out_dir={tmp_path / 'run'}", "model.preset=tiny_clip", f"sd15.path={sd15}",
+                             "run.max_steps=2", "sample.every=0", "checkpoint.every=0"])
+    result = run(cfg)
+    planner = load_layout_model(result.export_path)
+    assert planner.model.config.text_encoder == "clip" and planner.vocab is None
+    layout = planner.plan("two sheep", width=16, height=16, conditioning=torch.randn(1, 77, 768))
+    assert layout.label_map.shape == (16, 16)
