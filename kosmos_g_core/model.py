@@ -44,6 +44,9 @@ class KosmosG(nn.Module):
         self.img_connector = Connector(config.connector, config.vision.width, config.mllm.dim, **f)
         self.aligner = AlignerNet(config.aligner, config.mllm.dim, **f) if config.aligner is not None else None
         self.tokenizer: KosmosTokenizer | None = None
+        # None computes in the weights' dtype (the official fp16 inference). A host that stores half-precision
+        # weights but wants fp32 maths (ComfyUI on a CPU) sets float32 here and passes casting `ops`.
+        self.compute_dtype: torch.dtype | None = None
 
     @property
     def mllm(self) -> MLLM:
@@ -55,7 +58,8 @@ class KosmosG(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.img_connector.latent_query.dtype
+        """The dtype activations are computed in (`compute_dtype`, else the weights' dtype)."""
+        return self.compute_dtype or self.img_connector.latent_query.dtype
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +72,7 @@ class KosmosG(nn.Module):
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) CLIP-normalised -> (N, 64, D) embeddings for the MLLM's image slots."""
-        return self.img_connector(self.vision(pixels))
+        return self.img_connector(self.vision(pixels.to(self.dtype)))
 
     def mllm_forward(self, tokens: torch.Tensor, image_embeds: torch.Tensor | None = None,
                      image_mask: torch.Tensor | None = None, return_logits: bool = False):

@@ -72,7 +72,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) CLIP-normalised -> (N, 257, width) unit-norm token features."""
-        x = self.conv1(pixels.to(self.class_embedding.dtype))  # (N, width, S/p, S/p)
+        x = self.conv1(pixels)  # (N, width, S/p, S/p)
         x = x.flatten(2).transpose(1, 2)  # (N, grid*grid, width)
         cls = self.class_embedding.to(x).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x)  # (N, 257, width)

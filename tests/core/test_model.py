@@ -168,3 +168,37 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.set_gradient_checkpointing(True)
     assert model.mllm.layers.gradient_checkpointing
     assert torch.allclose(grads(), plain, atol=1e-6)
+
+
+class _CastOps:
+    """A minimal stand-in for ComfyUI's manual_cast layers: weights cast to the input's dtype at each call."""
+
+    class Linear(torch.nn.Linear):
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    class LayerNorm(torch.nn.LayerNorm):
+        def forward(self, x):
+            return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype),
+                                                  self.bias.to(x.dtype), self.eps)
+
+    class Conv2d(torch.nn.Conv2d):
+        def forward(self, x):
+            return self._conv_forward(x, self.weight.to(x.dtype), None)
+
+    Embedding = torch.nn.Embedding
+
+
+def test_half_weights_can_compute_in_fp32(kosmos_tokenizer):
+    torch.manual_seed(0)
+    reference = KosmosG(KosmosGConfig.tiny()).eval()
+    half = KosmosG(KosmosGConfig.tiny(), dtype=torch.bfloat16, ops=_CastOps).eval()
+    half.load_state_dict(reference.state_dict())
+    reference.load_state_dict(half.state_dict())  # both hold the same bf16-rounded values
+    for m in (reference, half):
+        m.tokenizer = kosmos_tokenizer
+    half.compute_dtype = torch.float32
+    prompt = InterleavedPrompt.from_text("<i> on a beach", _images(1))
+    out = half.encode(prompt).cond
+    assert out.dtype == torch.float32 and {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert torch.allclose(out, reference.encode(prompt).cond, atol=1e-4)
