@@ -1,7 +1,7 @@
 """`python -m kosmos_g_core.convert`: write the pack's one-file checkpoint from the official or a Kosmos-2 checkpoint.
 
     python -m kosmos_g_core.convert --official checkpoint_final.pt --spm sentencepiece.bpe.model --dict dict.txt \\
-        --out models/kosmos_g/kosmos_g.safetensors [--dtype fp16|bf16|fp32] [--keep-aligner-decoder]
+        --out models/kosmos_g/kosmos-g.safetensors [--dtype fp16|bf16|fp32] [--keep-aligner-decoder]
     python -m kosmos_g_core.convert --kosmos2 path/to/kosmos-2-patch14-224 --out models/kosmos_g/kosmos2_mllm.safetensors
 
 Every tensor the pack keeps is checked against the model its shapes describe (`detect_config`) before anything is

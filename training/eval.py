@@ -1,9 +1,9 @@
 """Evaluate a KOSMOS-G pack checkpoint: DreamBench, MS-COCO zero-shot FID and the layout metrics.
 
-    python -m training.eval dreambench --checkpoint kosmos_g.safetensors --sd15 models/sd15 \
+    python -m training.eval dreambench --checkpoint kosmos-g.safetensors --sd15 models/sd15 \
         --dreambench data/dreambench --dino models/dino-vits16 --clip models/clip-vit-base-patch32 --out runs/eval/db
     python -m training.eval dreambench --score-only --out runs/eval/db --dino ... --clip ...   # re-score images
-    python -m training.eval coco-fid --checkpoint kosmos_g.safetensors --sd15 models/sd15 \
+    python -m training.eval coco-fid --checkpoint kosmos-g.safetensors --sd15 models/sd15 \
         --captions coco/annotations/captions_val2014.json --images coco/val2014 \
         --features inception --feature-model models/inception-2015-12-05.pt --out runs/eval/coco
     python -m training.eval layout --model runs/layout/export.safetensors --out runs/eval/layout
@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -58,8 +58,7 @@ def cmd_dreambench(args) -> dict:
     else:
         subjects = load_dreambench(args.dreambench, args.subjects or None)
         if args.prompts:
-            subjects = [s.__class__(s.name, s.class_name, s.reference, s.live, s.prompts[: args.prompts])
-                        for s in subjects]
+            subjects = [replace(s, prompts=s.prompts[: args.prompts]) for s in subjects]
         model, sampler = _load_generator(args)
         with torch.inference_mode():
             entries = dreambench.generate(model, sampler, subjects, out, settings, args.samples, args.seed)
