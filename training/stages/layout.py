@@ -11,6 +11,7 @@ Config tables it reads (everything else is the shared trainer's):
   "shards" (tar files from training.layout_data.write_shards); batch_size; size (label resolution, default 64);
   train_scenes (procedural, default 20000); seed (procedural data seed, default 0); captions, labels (coco_stuff);
   shards (list of paths); val_scenes (held-out procedural scenes scored at every [sample] step, default 200);
+  final_eval_scenes (after the export, both planners scored on this many held-out scenes, printed; default 0);
   loss weights p_full_mask (0.3), token_weight (0.5), edge_weight (0.5).
 * [sd15] path: only for text_encoder = "clip" presets, whose captions are encoded by the frozen SD1.5 CLIP text
   encoder (the space KOSMOS-G's AlignerNet writes into).
@@ -179,6 +180,27 @@ class LayoutStage:
         module = unwrap(model)
         save_layout_model(path, module.model, module.vocab, {"trained_stage": "layout"})
         log.info("exported layout model %s", path)
+        data = dict(self._cfg.data) if self._cfg is not None else {}
+        scenes = int(data.get("final_eval_scenes", 0))
+        if scenes and data.get("source", "procedural") == "procedural" and module.model.config.text_encoder == "words":
+            self._final_comparison(path, scenes, data)
+
+    def _final_comparison(self, path, scenes: int, data: dict) -> None:
+        """Score the rule-based planner and the exported model on the same held-out scenes (data seed + 1, never
+        trained on), print both and write them to <export>.eval.json."""
+        import json
+        import sys
+        from pathlib import Path
+
+        from training.eval_layout import format_table, held_out_scenes, score_learned, score_rule_based
+
+        seed = int(data.get("seed", 0)) + 1
+        pairs = held_out_scenes(scenes, seed, int(data.get("size", 64)))
+        rows = {"rule_based": score_rule_based(pairs), "learned": score_learned(load_layout_model(path), pairs)}
+        where = f"{scenes} held-out procedural scenes (seed {seed})"
+        Path(str(path) + ".eval.json").write_text(json.dumps({"data": where, "scores": rows}, indent=2) + "\n")
+        sys.stdout.write(f"layout evaluation on {where}, dataset-level mIoU (171 classes)\n{format_table(rows)}\n")
+        log.info("held-out mIoU: learned %.4f vs rule-based %.4f", rows["learned"]["miou"], rows["rule_based"]["miou"])
 
     @torch.no_grad()
     def sample(self, model: nn.Module, step: int, writer) -> None:
