@@ -129,18 +129,37 @@ class LearnedPlanner:
         return self.layouts([prompt], conditioning=conditioning, sample=sample, seed=seed)[0].resized(width, height)
 
 
+def _box_sum(a: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """Sum of `a` over the kh x kw window centred on every pixel (zero padding), via an integral image."""
+    h, w = a.shape
+    top, left = kh // 2, kw // 2
+    pad = np.zeros((h + kh, w + kw))
+    pad[top : top + h, left : left + w] = a
+    ii = np.zeros((h + kh + 1, w + kw + 1))
+    ii[1:, 1:] = pad.cumsum(0).cumsum(1)
+    return ii[kh : kh + h, kw : kw + w] - ii[:h, kw : kw + w] - ii[kh : kh + h, :w] + ii[:h, :w]
+
+
+def _blob(h: int, w: int, cy: int, cx: int, bh: int, bw: int, shape: str) -> np.ndarray:
+    ys = np.arange(h)[:, None] - cy
+    xs = np.arange(w)[None, :] - cx
+    ry, rx = bh / 2.0, bw / 2.0
+    if shape in ("box", "round", "roof", "tent"):
+        return (np.abs(ys + 0.5) <= ry) & (np.abs(xs + 0.5) <= rx)
+    return ((ys + 0.5) / ry) ** 2 + ((xs + 0.5) / rx) ** 2 <= 1.0
+
+
 def decode_layout(probs: np.ndarray, edge: np.ndarray, prompt: str) -> Layout:
     """Class probabilities (C,S,S) -> Layout, honouring the prompt's nouns and counts.
 
     A per-pixel argmax is the mean layout: an object whose position the model is unsure of (three dogs somewhere on
     the grass) spreads its probability thin and wins no pixel. So, as a detection head decodes a heat map, every
     counted noun of the prompt (things and countable stuff such as trees and houses) is decoded into exactly its
-    count of blobs: the expected area sum(p_c) / n per instance, grown from the highest-probability free pixel in
-    order of decreasing p_c, with a one-pixel gap between instances. A noun whose argmax components already match
-    its count keeps them; everything else keeps the argmax.
+    count of instances: each an ellipse or box (the planner's shape and aspect prior for the class) whose area is the
+    model's expected area sum(p_c) / n, placed where it covers the most probability, instances of one class one
+    pixel apart. A noun whose argmax components already match its count keeps them; the rest keeps the argmax.
     """
-    import heapq
-
+    from .planner import _prior
     from .vocabulary import is_countable
 
     _, h, w = probs.shape
@@ -161,41 +180,35 @@ def decode_layout(probs: np.ndarray, edge: np.ndarray, prompt: str) -> Layout:
     rest = probs.copy()
     rest[list(counted)] = -1.0
     labels = rest.argmax(0).astype(np.uint8)  # background: argmax over classes that are not decoded as instances
-    taken = np.zeros((h, w), dtype=bool)
+    blocked = np.zeros((h, w), dtype=bool)
     for parts in kept.values():
         for part in parts:
-            taken |= dilate(part, 1)
-    placed: list[tuple[int, int, np.ndarray]] = []  # (class, mention index, mask)
+            blocked |= dilate(part, 1)
+    placed: list[tuple[int, np.ndarray]] = []
     # largest objects first, so small ones fill around them
     for m in sorted(mentions, key=lambda m: -float(probs[m.class_id].sum()) / max(m.count, 1)):
         p = probs[m.class_id].astype(np.float64)
-        area = max(2, int(round(p.sum() / m.count)))
-        free = p.copy()
-        free[taken] = -1.0
+        _, aspect, shape = _prior(m.class_id)
+        area = max(4.0, float(p.sum()) / m.count)
+        bh = max(2, int(round(np.sqrt(area / aspect))))
+        bw = max(2, int(round(area / bh)))
+        same = np.zeros((h, w), dtype=bool)  # instances of this class: keep a one-pixel gap
         for _ in range(m.count):
-            y0, x0 = np.unravel_index(int(free.argmax()), free.shape)
-            if free[y0, x0] < 0:
+            free = np.where(blocked | same, 0.0, p)
+            overlap = _box_sum((blocked | same).astype(np.float64), bh, bw)
+            score = _box_sum(free, bh, bw) - 10.0 * overlap  # probability covered, overlapping placements penalised
+            cy, cx = np.unravel_index(int(score.argmax()), score.shape)
+            region = _blob(h, w, cy, cx, bh, bw, shape) & ~same
+            if not region.any():
                 break
-            region = np.zeros((h, w), dtype=bool)
-            heap = [(-free[y0, x0], y0, x0)]
-            seen = {(y0, x0)}
-            size = 0
-            while heap and size < area:
-                _, y, x = heapq.heappop(heap)
-                region[y, x] = True
-                size += 1
-                for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                    if 0 <= ny < h and 0 <= nx < w and (ny, nx) not in seen and free[ny, nx] >= 0:
-                        seen.add((ny, nx))
-                        heapq.heappush(heap, (-free[ny, nx], ny, nx))
-            placed.append((m.class_id, m.index, region))
-            taken |= region
-            gap = dilate(region, 1)
-            free[gap] = -1.0
+            placed.append((m.class_id, region))
+            same |= dilate(region, 1)
+        blocked |= same
     by_class: dict[int, list[np.ndarray]] = dict(kept)
-    for cls, _, region in placed:
+    for cls, region in placed:
         labels[region] = cls
-        by_class.setdefault(cls, []).append(region)
+    for cls, region in placed:  # a later, overlapping blob may have covered part of an earlier one
+        by_class.setdefault(cls, []).append(region & (labels == cls))
     return _layout(labels, by_class, prompt, edge)
 
 
