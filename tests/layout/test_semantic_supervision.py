@@ -186,3 +186,18 @@ def test_config_errors():
         SemanticSupervision({"segmentation_weight": 1.0}, unet)
     n_cross = sum(1 for name in unet.attn_processors if name.endswith("attn2.processor"))
     assert install_recorders(unet, SemanticSupervision({}, unet).store, (16,)) == n_cross > 0
+
+
+def test_grounding_works_under_unet_gradient_checkpointing():
+    """Stage 3 enables U-Net activation checkpointing: recorded probabilities must still carry gradients."""
+    unet = tiny_unet()
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    sem = SemanticSupervision({"grounding_weight": 1.0, "grounding_sizes": [16]}, unet)
+    cond = torch.randn(1, 77, 768, requires_grad=True)
+    x = torch.randn(1, 4, 16, 16)
+    pred = unet(x, torch.tensor([5]), encoder_hidden_states=cond).sample
+    loss = sem.losses(batch=_batch(b=1), noise_pred=pred, noisy_latents=x, timesteps=torch.tensor([5]),
+                      noise_scheduler=None, vae=None)["semantic/grounding"]
+    loss.backward()
+    assert torch.isfinite(loss) and cond.grad.abs().sum() > 0
