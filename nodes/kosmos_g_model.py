@@ -26,9 +26,9 @@ from .prompt_inputs import Prompts, check_lengths, text_prompt
 log = logging.getLogger(__name__)
 
 
-class EagerOps(comfy.ops.disable_weight_init):
-    """ComfyUI's layer classes (no random init; low-VRAM streaming through `comfy_cast_weights`), with weights
-    allocated when the layer is built.
+class EagerOps(comfy.ops.manual_cast):
+    """ComfyUI's casting layer classes (no random init; weights cast to the activations' dtype at each call, which
+    also lets the ModelPatcher stream layers in low-VRAM mode), with weights allocated when the layer is built.
 
     With dynamic VRAM (the default on NVIDIA since ComfyUI 0.4), `disable_weight_init.Linear` / `.Embedding` leave
     their weight unallocated until `load_state_dict` assigns one. The core's loader builds the model on the meta
@@ -36,11 +36,11 @@ class EagerOps(comfy.ops.disable_weight_init):
     overriding `_load_from_state_dict` is ComfyUI's own switch back to eager allocation (`comfy/ops.py`).
     """
 
-    class Linear(comfy.ops.disable_weight_init.Linear):
+    class Linear(comfy.ops.manual_cast.Linear):
         def _load_from_state_dict(self, *args, **kwargs):
             return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
-    class Embedding(comfy.ops.disable_weight_init.Embedding):
+    class Embedding(comfy.ops.manual_cast.Embedding):
         def _load_from_state_dict(self, *args, **kwargs):
             return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
@@ -112,14 +112,15 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
     if not mm.supports_cast(load_device, dtype):
         log.warning("KOSMOS-G: %s cannot hold %s weights; using fp32", load_device, dtype)
         dtype = torch.float32
-    # The core computes in the dtype of its weights, so no per-layer casting (manual_cast) is needed:
-    # disable_weight_init skips the random init (weights come from the file) and still lets the ModelPatcher stream
-    # layers in low-VRAM mode.
-    ops = EagerOps
     try:
-        model = load_checkpoint(path, dtype=dtype, device=offload_device, ops=ops)
+        model = load_checkpoint(path, dtype=dtype, device=offload_device, ops=EagerOps)
     except CheckpointError as e:
         raise CheckpointError(not_kosmos_message(str(e), folders)) from None
+    # On a GPU the maths runs in the weights' dtype, as the official fp16 inference. A CPU keeps half-precision
+    # weights (ComfyUI's text-encoder policy) but computes in fp32, as ComfyUI does for CLIP: CPU half-precision
+    # kernels are slow and less accurate.
+    if mm.is_device_cpu(load_device) and dtype != torch.float32:
+        model.compute_dtype = torch.float32
     report(2, steps)
 
     # The classic ModelPatcher (as ComfyUI uses for text encoders with dynamic VRAM disabled): the dynamic one
