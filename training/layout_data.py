@@ -328,7 +328,10 @@ class ProceduralLayouts(torch.utils.data.Dataset):
 
     def scene(self, i: int) -> Scene:
         if i not in self._cache:
-            self._cache[i] = make_scene(self.seed, i, self.size)
+            sc = make_scene(self.seed, i, self.size)
+            if sc.instances.max() < 256:  # a quarter of the memory for the cache (ids are small)
+                sc = Scene(sc.caption, sc.labels, sc.instances.astype(np.uint8), sc.counts)
+            self._cache[i] = sc
         return self._cache[i]
 
     def __getitem__(self, i: int) -> dict:
