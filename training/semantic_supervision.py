@@ -236,9 +236,14 @@ class SemanticSupervision:
                 out["semantic/segmentation"] = self.cfg.segmentation_weight * self._segmentation(
                     batch, noise_pred, noisy_latents, timesteps, noise_scheduler, vae)
         finally:
-            self.store.unet.clear()
-            self.store.aligner.clear()
+            self.reset()
         return out
+
+    def reset(self) -> None:
+        """Forget recorded attention. Stage 3 calls it before each forward: activation checkpointing re-runs the
+        recorded layers during backward, and those records belong to a freed graph."""
+        self.store.unet.clear()
+        self.store.aligner.clear()
 
     def _grounding(self, batch: dict, noise_pred: Tensor) -> Tensor:
         maps = list(self.store.unet.values())

@@ -123,8 +123,10 @@ def _check_stage3(batch, tokenizer):
     assert batch["target"].min() >= -1.0 and batch["target"].max() <= 1.0
     assert len(batch["source"]) == 2 and len(batch["prompt"]) == 2
     assert len(batch["entity_masks"]) == 2 and len(batch["entity_token_index"]) == 2
-    for masks, index in zip(batch["entity_masks"], batch["entity_token_index"], strict=True):
-        assert masks.shape[1:] == (TARGET, TARGET) and masks.shape[0] == len(index)
+    for masks, index, names in zip(batch["entity_masks"], batch["entity_token_index"], batch["entity_names"],
+                                   strict=True):
+        assert masks.shape[1:] == (TARGET, TARGET) and masks.shape[0] == len(index) == len(names)
+        assert all(isinstance(n, str) and n for n in names)
         assert set(masks.unique().tolist()) <= {0.0, 1.0}
         for positions in index:
             assert positions.dtype == torch.long

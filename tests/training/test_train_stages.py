@@ -230,6 +230,9 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
         def __init__(self, cfg, unet):
             calls["init"] = (cfg, unet)
 
+        def reset(self):
+            calls["reset"] = calls.get("reset", 0) + 1
+
         def losses(self, *, batch, noise_pred, noisy_latents, timesteps, noise_scheduler, vae):
             calls["shapes"] = (noise_pred.shape, noisy_latents.shape, timesteps.shape)
             calls["batch_keys"] = set(batch)
@@ -253,7 +256,8 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
     loss, metrics = stage.loss(model, batch, 0)
     assert metrics["loss/grounding"] == pytest.approx(0.25)
     assert float(loss.detach()) == pytest.approx(metrics["loss/diffusion"] + 0.25, rel=1e-5)
-    assert {"entity_masks", "entity_token_index"} <= calls["batch_keys"]
+    assert {"entity_masks", "entity_token_index", "entity_names", "cond_dropped"} <= calls["batch_keys"]
+    assert calls["reset"] == 1  # records cleared before the forward
     assert calls["shapes"][0] == calls["shapes"][1] and calls["shapes"][2] == (2,)
 
 

@@ -68,4 +68,5 @@ def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer
     batch["target"] = torch.stack([f.target for f in features])
     batch["entity_masks"] = [f.entity_masks for f in features]
     batch["entity_token_index"] = [list(f.entity_token_index) for f in features]
+    batch["entity_names"] = [list(f.entity_names) for f in features]
     return batch

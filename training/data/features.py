@@ -42,7 +42,7 @@ IMAGE_TOKENS = 64
 @dataclass
 class Features:
     """What one sample contributes to a batch. Shapes: pixels (3, S, S) each; target (3, R, R); entity_masks
-    (E, R, R); entity_token_index: E LongTensors of positions in ``ids``."""
+    (E, R, R); entity_token_index: E LongTensors of positions in ``ids``; entity_names: the E entity words."""
 
     ids: list[int]
     image_mask: list[bool]
@@ -54,6 +54,7 @@ class Features:
     target: torch.Tensor | None = None
     entity_masks: torch.Tensor | None = None
     entity_token_index: list[torch.Tensor] = field(default_factory=list)
+    entity_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ def _stage3_compositional(ctx: FeatureContext, source: SourceConfig, raw: RawSam
         boi = start - 1
         positions = list(range(boi - max(word, 0), boi)) + list(range(start, start + IMAGE_TOKENS))
         features.entity_token_index.append(torch.tensor(positions, dtype=torch.long))
+        features.entity_names.append(names[slot.entity])
     features.target = target_tensor(full, ctx.target_size)
     features.entity_masks = torch.stack(masks) if masks else _empty_masks(ctx)
     return features

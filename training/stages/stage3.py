@@ -46,7 +46,7 @@ class InstructionTuning(StageModule):
         B = tokens.shape[0]
         semantic = self.frozen.get("semantic")
         if semantic is not None:
-            _reset_records(semantic)
+            semantic.reset()
         embeds = self.kosmos.encode_images(pixels) if pixels.shape[0] else None  # (N, 64, D)
         cond = self.kosmos.align(self.kosmos.mllm_forward(tokens, embeds, image_mask), tokens)  # (B, 77, 768)
         null_tokens = tokens.new_zeros(1, 1)  # [<s>]
@@ -64,6 +64,7 @@ class InstructionTuning(StageModule):
         loss = diffusion
         metrics = {"loss/diffusion": diffusion.detach(), "cond/null_share": drop.float().mean()}
         if semantic is not None:
+            batch["cond_dropped"] = drop  # (B,) grounding skips samples whose condition was nulled
             terms = semantic.losses(batch=batch, noise_pred=noise_pred, noisy_latents=noisy, timesteps=timesteps,
                                     noise_scheduler=scheduler, vae=vae)
             for name, value in terms.items():
@@ -82,19 +83,6 @@ class InstructionTuning(StageModule):
         finally:
             self.train(was_training)
         return cond, uncond
-
-
-def _reset_records(semantic) -> None:
-    """Drop attention records left by the previous backward: activation checkpointing re-runs the recorded
-    layers during backward, and those records belong to a freed graph."""
-    if hasattr(semantic, "reset"):
-        semantic.reset()
-        return
-    store = getattr(semantic, "store", None)
-    for name in ("unet", "aligner"):
-        records = getattr(store, name, None)
-        if hasattr(records, "clear"):
-            records.clear()
 
 
 def _prompts(items) -> list:
