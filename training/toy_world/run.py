@@ -41,10 +41,10 @@ class ToyRunConfig:
     batch_size: int = 16
     stage1_steps: int = 100
     stage1_lr: float = 1e-3
-    stage2_steps: int = 300
+    stage2_steps: int = 150
     stage2_lr: float = 1e-3
-    stage3_steps: int = 1000
-    stage3_lr: float = 5e-4
+    stage3_steps: int = 400
+    stage3_lr: float = 1e-3  # the official stage-3 learning rate
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     @classmethod
@@ -54,8 +54,8 @@ class ToyRunConfig:
     @classmethod
     def demo(cls) -> ToyRunConfig:
         """Shorter stages for `python -m training.demo` (which starts from the shipped base model)."""
-        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=40, stage2_steps=150,
-                   stage3_steps=400)
+        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=40, stage2_steps=100,
+                   stage3_steps=250)
 
     @classmethod
     def smoke(cls) -> ToyRunConfig:
