@@ -156,8 +156,8 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
 
 def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, chart: bool) -> None:
     rows, labels = [], []
-    step = max(1, len(pairs) // 10)
-    for i in range(0, len(pairs), step)[:10]:
+    # stride 11 over (subject, place) pairs: ten rows that mix subjects and places
+    for i in sorted({(k * 11) % len(pairs) for k in range(min(10, len(pairs)))}):
         subject, place = pairs[i]
         rows.append([reference_image(subject, cutout=True)] + [images[c][i] for c in CONDITIONS])
         labels.append(f"{subject.name}, {place}")
