@@ -15,6 +15,18 @@ TOKENIZER_DIR = SHARED_DIR / "data" / "kosmos_tokenizer"
 DREAMBENCH_DIR = SHARED_DIR / "data" / "dreambench"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Every model in the tests is tiny: intra-op threads only wait for each other (measured up to 50x slower with
+    2 threads on a busy 2-core machine). Subprocesses (torchrun, ComfyUI) set their own."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
     if not (TOKENIZER_DIR / "sentencepiece.bpe.model").is_file():

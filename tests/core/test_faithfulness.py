@@ -52,16 +52,6 @@ def _randomise_norms(module: torch.nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g, dtype=D64).to(m.bias.dtype))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: on a busy 2-core machine intra-op threads only wait for each other (measured 50x
-    slower with 2 threads under load). Restored afterwards, so other modules keep their setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny64() -> KosmosG:
     """Tiny KOSMOS-G (with AlignerNet N) in float64, random weights and random LayerNorm affines. Shared: tests that

@@ -24,14 +24,6 @@ from training.layout_data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_procedural_captions_name_what_is_drawn():
     for i in range(150):
         sc = make_scene(7, i, 64)

@@ -16,14 +16,6 @@ from training.semantic_supervision import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_unet():
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(

@@ -18,14 +18,6 @@ from training.train import Trainer, run
 from training.train_config import config_from_dict
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer_dir):
     from training.data.synthetic import write_synthetic_shards

@@ -8,14 +8,6 @@ import torch
 from training.throughput import PEAK_TFLOPS, format_report, main, peak_tflops
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_benchmark_reports_samples_per_second_and_mfu(tmp_path, tokenizer_dir, capsys):
     config = tmp_path / "bench.toml"
     config.write_text(f'''stage = "stage1"

@@ -14,15 +14,6 @@ from training.tiny_assets import write_tiny_init
 from training.train_config import config_from_dict
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: one thread avoids spin-waiting on a busy second core.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer_dir):
     from training.data.synthetic import write_synthetic_shards
