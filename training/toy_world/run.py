@@ -39,8 +39,12 @@ class ToyRunConfig:
     caption_scenes: int = 3000
     compositional_scenes: int = 3000
     batch_size: int = 16
-    stage1_steps: int = 100
+    stage1_steps: int = 400
     stage1_lr: float = 1e-3
+    # The toy ViT starts random (there is no CLIP here), so stage 1 trains all of it: next-token prediction of
+    # "a red round toy ..." after the image is what teaches it colour and shape. The first full run trained only the
+    # official parts (last block) and its image path carried nothing (conditioning spread across images ~1e-4).
+    stage1_trainable: tuple[str, ...] = ("gpt_model.", "img_connector.", "img_model.")
     stage2_steps: int = 150
     stage2_lr: float = 1e-3
     stage3_steps: int = 400
@@ -54,7 +58,7 @@ class ToyRunConfig:
     @classmethod
     def demo(cls) -> ToyRunConfig:
         """Shorter stages for `python -m training.demo` (which starts from the shipped base model)."""
-        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=40, stage2_steps=100,
+        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=200, stage2_steps=100,
                    stage3_steps=250)
 
     @classmethod
@@ -97,6 +101,8 @@ def _stage_config(stage: str, out: Path, cfg: ToyRunConfig, init: Path, sources:
         "log": {"every": max(1, steps // 10), "tensorboard": True},
         "data": {"batch_size": cfg.batch_size, "num_workers": 0, "max_tokens": 256, "sources": sources},
     }
+    if stage == "stage1" and cfg.stage1_trainable:
+        table["model"]["trainable"] = list(cfg.stage1_trainable)
     if stage in ("stage2", "stage3"):
         table["sd15"] = {"path": str(out / "base"), "gradient_checkpointing": False}
     if stage == "stage3":
