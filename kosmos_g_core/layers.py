@@ -83,7 +83,10 @@ class FeedForward(nn.Module):
         self.ffn_layernorm = ops.LayerNorm(ffn_dim, **f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.fc1(x).float()).type_as(x)
+        h = self.fc1(x)
+        # torchscale computes GELU in fp32 and casts back. PyTorch's bf16 GELU already computes in fp32 and rounds
+        # once (bit-identical, two operators fewer per layer); fp16 on a CPU is not, so it and others upcast.
+        h = F.gelu(h) if h.dtype == torch.bfloat16 else F.gelu(h.float()).type_as(h)
         return self.fc2(self.ffn_layernorm(h))
 
 
