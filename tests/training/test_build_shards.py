@@ -111,6 +111,12 @@ def _captions_file(tmp_path):
     return path
 
 
+
+def _stage3_loader(tokenizer, kind, shards):
+    """The stage-3 loader over what the builder wrote: 28 px MLLM images, 32 px targets, batches of 3."""
+    return build_dataloader("stage3", {"num_workers": 0, "sources": [{"kind": kind, "shards": shards}]}, tokenizer,
+                            image_size=28, target_size=32, batch_size=3, rank=0, world_size=1, seed=0)
+
 def test_builder_writes_shards_the_stage3_loader_reads(tmp_path, image_folder, tiny_clipseg, kosmos_tokenizer, capsys):
     out = tmp_path / "out"
     code = build_shards.main(
@@ -127,17 +133,7 @@ def test_builder_writes_shards_the_stage3_loader_reads(tmp_path, image_folder, t
     assert report["written"] == 3 and len(report["shards"]) == 2
     assert json.loads(capsys.readouterr().out)["compositional"]["skipped_unreadable"] == 1
 
-    loader = build_dataloader(
-        "stage3",
-        {"num_workers": 0, "sources": [{"kind": "compositional", "shards": str(out / "compositional")}]},
-        kosmos_tokenizer,
-        image_size=28,
-        target_size=32,
-        batch_size=3,
-        rank=0,
-        world_size=1,
-        seed=0,
-    )
+    loader = _stage3_loader(kosmos_tokenizer, "compositional", str(out / "compositional"))
     batch = next(iter(loader))
     assert loader.stats == {}
     assert batch["target"].shape == (3, 3, 32, 32)
@@ -260,17 +256,7 @@ def test_editing_shards_from_ip2p_folder_and_jsonl(tmp_path, dreambench_dir, kos
     report = json.loads((out2 / "build_report.json").read_text())["editing"]
     assert report["written"] == 1 and report["skipped_unreadable"] == 1
 
-    loader = build_dataloader(
-        "stage3",
-        {"num_workers": 0, "sources": [{"kind": "editing", "shards": [str(out / "editing"), str(out2 / "editing")]}]},
-        kosmos_tokenizer,
-        image_size=28,
-        target_size=32,
-        batch_size=3,
-        rank=0,
-        world_size=1,
-        seed=0,
-    )
+    loader = _stage3_loader(kosmos_tokenizer, "editing", [str(out / "editing"), str(out2 / "editing")])
     batches = list(itertools.islice(iter(loader), 2))
     assert all(b["pixels"].shape == (3, 3, 28, 28) and b["target"].shape == (3, 3, 32, 32) for b in batches)
     assert any("make it snow" in p for b in batches for p in b["prompt"])
