@@ -37,6 +37,39 @@ def test_base_model_folder_loads_like_sd15(base_dir):
     assert a.shape == (1, 3, 32, 32) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
 
 
+def test_text_encoder_pretraining_makes_every_position_carry_the_caption(tmp_path):
+    """The toy CLIP stand-in is pretrained (as CLIP is) so that its (77, 768) output says what the caption says; a
+    random one varies little between captions. Measured with the share of output variance that is caption-dependent
+    on the padding positions, which a causal encoder can only fill with what it read before them."""
+    import random
+    from dataclasses import replace
+
+    from transformers import CLIPTokenizer
+
+    from training.toy_world.base_model import build_components, pretrain_text_encoder
+
+    tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(vocabulary(), tmp_path))
+    cfg = BaseModelConfig.test()
+    captions = ["a red round toy on the beach", "a cyan crossed toy in the snow", "a toy at night", "a toy in the sea"]
+
+    def caption_share(text) -> float:
+        """Variance between captions at the same position over the total variance around the grand mean."""
+        with torch.no_grad():
+            pads = encode_text(tok, text, captions)[:, 20:]  # (4, 57, 768): padding positions only
+        between = pads.var(dim=0, correction=0).mean()
+        total = (pads - pads.mean(dim=(0, 1))).pow(2).mean()
+        return float(between / total)
+
+    torch.manual_seed(0)
+    _, _, text = build_components(cfg, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    before = caption_share(text)
+    first = pretrain_text_encoder(tok, text, replace(cfg, text_steps=1, text_batch=16), random.Random(0))
+    last = pretrain_text_encoder(tok, text, replace(cfg, text_steps=40, text_batch=16), random.Random(1))
+    assert last < 0.5 * first
+    assert not any(p.requires_grad for p in text.parameters())
+    assert caption_share(text) > 2 * before
+
+
 def test_toy_words_are_single_clip_tokens(tmp_path):
     from transformers import CLIPTokenizer
 
@@ -68,3 +101,48 @@ def test_toy_shards_feed_the_stage3_loader(tmp_path):
     assert batch["target"].shape == (4, 3, 32, 32)
     assert batch["pixels"].shape == (4, 3, 28, 28)  # one entity image per sample
     assert int(batch["image_mask"].sum()) == 4 * 64
+
+
+def test_reference_shards_caption_the_subject_alone(tmp_path):
+    """Stage 1's reference pictures: one subject, framed between 56 and 90 % of the side, half on white, captioned
+    with its attribute words only, and readable by the stage-1 caption loader."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from kosmos_g_core.tokenizer import KosmosTokenizer
+    from training.data.loader import build_dataloader
+    from training.toy_world.scenes import COLOURS, SHAPES
+    from training.toy_world.shards import write_kosmos_tokenizer, write_reference_shards
+
+    paths = write_reference_shards(tmp_path / "refs", 12, seed=0)
+    with tarfile.open(paths[0]) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    captions = [v.decode() for k, v in members.items() if k.endswith(".txt")]
+    images = [Image.open(io.BytesIO(v)).convert("RGB") for k, v in members.items() if k.endswith(".jpg")]
+    assert len(captions) == len(images) == 12
+    words = {f"a {c} {s} toy" for c in COLOURS for s in SHAPES.values()}
+    assert set(captions) <= words
+    white = [np.all(np.asarray(im)[0, 0] > 240) for im in images]
+    assert 0 < sum(white) < 12  # both styles occur
+    tok_dir = write_kosmos_tokenizer(tmp_path / "tok")
+    tok = KosmosTokenizer.from_files(tok_dir / "sentencepiece.bpe.model", tok_dir / "dict.txt")
+    loader = build_dataloader("stage1", {"batch_size": 4, "num_workers": 0, "sources": [
+        {"kind": "captions", "shards": str(tmp_path / "refs")}]}, tok, image_size=28, target_size=32,
+        batch_size=4, rank=0, world_size=1, seed=0)
+    batch = next(iter(loader))
+    assert batch["pixels"].shape == (4, 3, 28, 28)
+
+
+def test_evaluation_reference_styles():
+    from training.toy_world.evaluate import EvalSettings
+    from training.toy_world.scenes import Subject
+
+    subject = Subject("disc", "red")
+    cut = EvalSettings(reference="cutout").reference_image(subject)
+    crop = EvalSettings(reference="crop").reference_image(subject)
+    assert cut.getpixel((0, 0)) == (255, 255, 255) and crop.getpixel((0, 0)) != (255, 255, 255)
+    with pytest.raises(ValueError, match="cutout"):
+        EvalSettings(reference="photo").reference_image(subject)

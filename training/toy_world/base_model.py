@@ -5,11 +5,18 @@ CLIPTextModel (hidden 768, outputs (B, 77, 768) like SD1.5's CLIP ViT-L text tow
 the toy vocabulary, `scheduler/` SD1.5's DDPM schedule. Anything that reads an SD1.5 diffusers folder (the trainer's
 `sd15.path`, the evaluation sampler) reads this one.
 
-Training, in `train_base_model`: the VAE first (reconstruction + a small KL term; its scaling factor is then set to
-1 / std of the latents, as SD's 0.18215 was chosen), then the U-Net on captions with the epsilon-prediction loss and
-10 % empty captions for classifier-free guidance. The text encoder stays frozen at its seeded random initialisation,
-as CLIP is frozen in SD1.5: a fixed, deterministic map from each caption to distinct (77, 768) vectors that the U-Net
-learns to read (training it too would cost most of the CPU budget for no gain in this closed vocabulary).
+Training, in `train_base_model`, in three steps that mirror how SD1.5 was made:
+1. The VAE (reconstruction + a small KL term); its scaling factor is then set to 1 / std of the latents, as SD's
+   0.18215 was chosen. It compresses x8 (32 px -> 4 x 4 x 16), as far as the simple scenes allow, so that the U-Net's
+   generative problem is small and the decoder does the drawing.
+2. The text encoder, pretrained and then frozen, as CLIP is. CLIP learned its text features from images; here a
+   cheaper stand-in objective teaches it what the captions say: linear heads on *every* output position predict the
+   caption's place, colour word and shape word. A random frozen encoder is no stand-in for CLIP: measured, only 4 %
+   of its output varied between captions (padding positions carry almost nothing) and a U-Net trained on it ignored
+   the colour words (colour accuracy at chance).
+3. The U-Net on captions with the epsilon-prediction loss (SD1.5's objective), 10 % empty captions for
+   classifier-free guidance, min-SNR-5 loss weighting (Hang et al. 2023, converges several times faster on a short
+   budget) and an EMA of the weights, which is what gets saved.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .clip_tokenizer import write_clip_tokenizer
-from .scenes import random_scene, render, vocabulary
+from .scenes import COLOURS, PLACES, SHAPES, random_scene, render, vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +46,12 @@ SD15_SCHEDULER = {
 @dataclass(frozen=True)
 class BaseModelConfig:
     image_size: int = 32
-    vae_channels: tuple[int, ...] = (16, 32, 32)  # x4 downsampling: 32 px scenes -> 8 x 8 latents
-    # 16 latent channels (as SD3's VAE) instead of SD1.5's 4: an 8 x 8 latent then keeps colour and shape exactly,
-    # and the U-Net cost, set by the 8 x 8 grid, barely changes.
+    vae_channels: tuple[int, ...] = (16, 32, 32, 32)  # x8 downsampling: 32 px scenes -> 4 x 4 latents
+    # 16 latent channels (as SD3's VAE) instead of SD1.5's 4, so that a 4 x 4 latent still keeps colour and shape.
+    # Measured with 1,500 U-Net steps: x4 (8 x 8 x 16 latents) gave colour 0.33 / place 0.55 when told the words,
+    # x8 with a (64, 128) U-Net 0.69 / 0.94.
     latent_channels: int = 16
-    unet_channels: tuple[int, ...] = (32, 64)
+    unet_channels: tuple[int, ...] = (64, 128)
     unet_heads: int = 4
     text_layers: int = 1
     text_heads: int = 12
@@ -51,10 +59,15 @@ class BaseModelConfig:
     context_dim: int = 768  # SD1.5's cross-attention width; KosmosGConfig.tiny()'s AlignerNet outputs it too
     max_length: int = 77
     # training
-    vae_steps: int = 500
+    vae_steps: int = 800
     vae_lr: float = 1e-3
+    text_steps: int = 60  # the loss plateaus by step 50
+    text_lr: float = 1e-3
+    text_batch: int = 32
     unet_steps: int = 2500
-    unet_lr: float = 1e-3
+    unet_lr: float = 2e-3
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.995
     batch_size: int = 24
     describe_prob: float = 0.5  # captions that name the subject's colour and shape words
     uncond_prob: float = 0.1
@@ -67,7 +80,7 @@ class BaseModelConfig:
     def test(cls) -> BaseModelConfig:
         """Seconds-scale smoke configuration for tests."""
         return cls(vae_channels=(8, 8), unet_channels=(16, 32), unet_heads=2, text_layers=1, text_ffn=64,
-                   vae_steps=3, unet_steps=3, batch_size=4)
+                   vae_steps=3, text_steps=3, text_batch=4, unet_steps=3, batch_size=4)
 
 
 PRESETS = {"toy": BaseModelConfig.toy, "test": BaseModelConfig.test}
@@ -118,6 +131,99 @@ def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
+def _attribute_labels(scene, described: bool) -> tuple[int, int, int]:
+    """(place, colour word, shape word) class ids of a caption; 0 = the caption names no colour / shape."""
+    colour = list(COLOURS).index(scene.subject.colour) + 1 if described else 0
+    shape = list(SHAPES).index(scene.subject.shape) + 1 if described else 0
+    return list(PLACES).index(scene.place), colour, shape
+
+
+def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: random.Random) -> float:
+    """Teach the toy CLIP what a caption says at every one of its 77 output positions; returns the final loss.
+
+    Linear heads on each (B, 77, 768) position predict the caption's place / colour word / shape word. The causal
+    mask means positions before a word cannot know it, so the loss does not reach zero (about 0.2 here)."""
+    heads = torch.nn.ModuleList([torch.nn.Linear(cfg.context_dim, n) for n in
+                                 (len(PLACES), len(COLOURS) + 1, len(SHAPES) + 1)])
+    opt = torch.optim.AdamW([*text_encoder.parameters(), *heads.parameters()], lr=cfg.text_lr, weight_decay=0.0)
+    text_encoder.train().requires_grad_(True)
+    loss = torch.tensor(float("nan"))
+    for step in range(cfg.text_steps):
+        scenes = [random_scene(rng) for _ in range(cfg.text_batch)]
+        described = [rng.random() < cfg.describe_prob for _ in scenes]
+        labels = torch.tensor([_attribute_labels(s, d) for s, d in zip(scenes, described, strict=True)])  # (B, 3)
+        hidden = encode_text(tokenizer, text_encoder, [s.caption(d) for s, d in zip(scenes, described, strict=True)])
+        positions = hidden.shape[1]
+        loss = sum(F.cross_entropy(head(hidden).flatten(0, 1), labels[:, i].repeat_interleave(positions))
+                   for i, head in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.text_steps - 1:
+            log.info("text encoder step %d/%d loss %.4f", step, cfg.text_steps, loss.item())
+    text_encoder.eval().requires_grad_(False)
+    return float(loss.item())
+
+
+def _train_vae(vae, cfg: BaseModelConfig, rng: random.Random) -> float:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    vae.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(cfg.vae_steps):
+        x, _ = _batch(rng, cfg)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == cfg.vae_steps - 1:
+            log.info("vae step %d/%d loss %.5f", step, cfg.vae_steps, loss.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(_batch(rng, cfg)[0]).latent_dist.mode() for _ in range(4)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return float(loss.item())
+
+
+def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.Random) -> float:
+    """epsilon-prediction with min-SNR-gamma weights w(t) = min(SNR(t), gamma) / SNR(t); keeps an EMA of the
+    weights and loads it into `unet` at the end. Returns the mean weighted loss of the last 100 steps."""
+    params = list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    ema = [p.detach().clone() for p in params]
+    alphas = scheduler.alphas_cumprod
+    unet.train()
+    losses: list[float] = []
+    for step in range(cfg.unet_steps):
+        x, captions = _batch(rng, cfg)
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
+        pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embed(captions)).sample
+        snr = alphas[t] / (1 - alphas[t])
+        weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # (B,)
+        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up so early weights fade quickly
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+        losses.append(loss.item())
+        if step % 250 == 0 or step == cfg.unet_steps - 1:
+            log.info("unet step %d/%d loss %.4f", step, cfg.unet_steps, float(np.mean(losses[-100:])))
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    unet.eval()
+    return float(np.mean(losses[-100:])) if losses else float("nan")
+
+
 def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig(), seed: int = 0,
                      threads: int | None = None, save_dtype: torch.dtype = torch.float32) -> Path:
     """Train and save the toy base model as an SD1.5-layout diffusers folder (weights in `save_dtype`)."""
@@ -132,28 +238,13 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(vocabulary(), out / "tokenizer", cfg.max_length))
     unet, vae, text = build_components(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                                        tokenizer.eos_token_id)
-
     t0 = time.time()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    vae.train()
-    for step in range(cfg.vae_steps):
-        x, _ = _batch(rng, cfg)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == cfg.vae_steps - 1:
-            log.info("vae step %d/%d loss %.5f (%.0fs)", step, cfg.vae_steps, loss.item(), time.time() - t0)
-    vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(_batch(rng, cfg)[0]).latent_dist.mode() for _ in range(4)])
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    vae_loss = float(loss.item()) if cfg.vae_steps else float("nan")
+    seconds = {}
+    vae_loss = _train_vae(vae, cfg, rng)
+    seconds["vae"] = time.time() - t0
+    text_loss = pretrain_text_encoder(tokenizer, text, cfg, rng)
+    seconds["text_encoder"] = time.time() - t0 - seconds["vae"]
 
-    scheduler = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k != "set_alpha_to_one"})
-    text.eval().requires_grad_(False)
     text_cache: dict[str, torch.Tensor] = {}  # the toy vocabulary has ~100 distinct captions
 
     def embed(captions: list[str]) -> torch.Tensor:
@@ -164,30 +255,9 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
                     text_cache[c] = e
         return torch.stack([text_cache[c] for c in captions])
 
-    params = list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    unet.train()
-    losses: list[float] = []
-    for step in range(cfg.unet_steps):
-        x, captions = _batch(rng, cfg)
-        with torch.no_grad():
-            latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
-        noisy = scheduler.add_noise(latents, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=embed(captions)).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == cfg.unet_steps - 1:
-            log.info("unet step %d/%d loss %.4f (%.0fs)", step, cfg.unet_steps, float(np.mean(losses[-100:])),
-                     time.time() - t0)
-    unet.eval()
+    scheduler = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k != "set_alpha_to_one"})
+    unet_loss = _train_unet(unet, vae, scheduler, embed, cfg, rng)
+    seconds["unet"] = time.time() - t0 - seconds["vae"] - seconds["text_encoder"]
 
     unet.to(save_dtype).save_pretrained(out / "unet")
     vae.to(save_dtype).save_pretrained(out / "vae")
@@ -204,8 +274,8 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
         "requires_safety_checker": False,
     }, indent=2))
     (out / "toy_base_model.json").write_text(json.dumps({
-        "config": asdict(cfg), "seed": seed, "vae_final_loss": vae_loss,
-        "unet_final_loss": float(np.mean(losses[-100:])) if losses else None, "seconds": time.time() - t0,
+        "config": asdict(cfg), "seed": seed, "vae_final_loss": vae_loss, "text_encoder_final_loss": text_loss,
+        "unet_final_loss": unet_loss, "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }, indent=2))
     log.info("toy base model saved to %s (%.0fs)", out, time.time() - t0)
     return out

@@ -44,6 +44,14 @@ class EvalSettings:
     batch: int = 50
     pairs: int = 0  # 0 = every (subject, place) pair; else an evenly spaced subset (smoke runs)
     chart: bool = True  # the matplotlib bar chart (its import alone takes seconds)
+    # The subject's reference picture: its white-background cut-out, or a crop with a background ("on the grass",
+    # like a DreamBench photo), which can leak its place into the generation (text fidelity shows it).
+    reference: str = "cutout"
+
+    def reference_image(self, subject: Subject):
+        if self.reference not in ("cutout", "crop"):
+            raise ValueError(f"unknown reference style {self.reference!r}; choose 'cutout' or 'crop'")
+        return reference_image(subject, cutout=self.reference == "cutout")
 
 
 def image_prompt(place: str) -> str:
@@ -64,10 +72,10 @@ def _pairs(repeats: int, limit: int = 0) -> list[tuple[Subject, str]]:
 
 
 @torch.no_grad()
-def _kosmos_conditions(model, pairs, with_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _kosmos_conditions(model, pairs, with_image: bool, settings: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
     from kosmos_g_core.prompt import InterleavedPrompt
 
-    refs = {s: reference_image(s, cutout=True) for s in {s for s, _ in pairs}}
+    refs = {s: settings.reference_image(s) for s in {s for s, _ in pairs}}
     prompts = [InterleavedPrompt.from_text(image_prompt(p), images=[refs[s]]) if with_image else text_prompt(p)
                for s, p in pairs]
     conds, unconds = [], []
@@ -127,9 +135,9 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
     model3 = load_checkpoint(stage3_export, dtype=torch.float32).eval()
     pairs = _pairs(settings.repeats, settings.pairs)
     conditions = {
-        "after_stage3_image": _kosmos_conditions(model3, pairs, with_image=True),
-        "after_stage3_text": _kosmos_conditions(model3, pairs, with_image=False),
-        "before_stage3_image": _kosmos_conditions(model2, pairs, with_image=True),
+        "after_stage3_image": _kosmos_conditions(model3, pairs, True, settings),
+        "after_stage3_text": _kosmos_conditions(model3, pairs, False, settings),
+        "before_stage3_image": _kosmos_conditions(model2, pairs, True, settings),
         "base_text": _base_conditions(tokenizer, text_encoder, pairs, described=False),
         "base_text_described": _base_conditions(tokenizer, text_encoder, pairs, described=True),
     }
@@ -146,24 +154,25 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
         "stage2_alignment": {"stage2": alignment_error(model2, tokenizer, text_encoder),
                              "stage3": alignment_error(model3, tokenizer, text_encoder)},
         "sampling": {"scheduler": "DPM-Solver++ (2M)", "steps": settings.steps, "guidance": settings.guidance,
-                     "resolution": resolution, "seed": settings.seed, "images_per_condition": len(pairs)},
+                     "resolution": resolution, "seed": settings.seed, "images_per_condition": len(pairs),
+                     "reference": settings.reference},
     }
     write_json(results, out_dir / "results.json")
-    _write_figures(out_dir, images, pairs, scores, settings.chart)
+    _write_figures(out_dir, images, pairs, scores, settings)
     (out_dir / "results.md").write_text(results_markdown(results), encoding="utf-8")
     return results
 
 
-def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, chart: bool) -> None:
+def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, settings: EvalSettings) -> None:
     rows, labels = [], []
     # stride 11 over (subject, place) pairs: ten rows that mix subjects and places
     for i in sorted({(k * 11) % len(pairs) for k in range(min(10, len(pairs)))}):
         subject, place = pairs[i]
-        rows.append([reference_image(subject, cutout=True)] + [images[c][i] for c in CONDITIONS])
+        rows.append([settings.reference_image(subject)] + [images[c][i] for c in CONDITIONS])
         labels.append(f"{subject.name}, {place}")
     image_grid(rows, out_dir / "samples_grid.png", cell=64, row_labels=labels,
                col_labels=["ref", "S3 <i>", "S3 text", "S2 <i>", "base", "base+attr"])
-    if not chart:
+    if not settings.chart:
         return
     bar_chart({c: scores[c] for c in CONDITIONS}, ["subject_fidelity", "colour_accuracy", "shape_accuracy",
                                                    "text_fidelity"], out_dir / "scores.png",

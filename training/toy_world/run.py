@@ -27,7 +27,7 @@ from training.evaluation.report import write_json
 from . import toml_writer
 from .base_model import BaseModelConfig, train_base_model
 from .evaluate import EvalSettings, evaluate_run
-from .shards import write_caption_shards, write_compositional_shards, write_kosmos_tokenizer
+from .shards import write_caption_shards, write_compositional_shards, write_kosmos_tokenizer, write_reference_shards
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,15 @@ class ToyRunConfig:
     caption_scenes: int = 3000
     compositional_scenes: int = 3000
     batch_size: int = 16
-    stage1_steps: int = 400
+    stage1_steps: int = 3000
     stage1_lr: float = 1e-3
     # The toy ViT starts random (there is no CLIP here), so stage 1 trains all of it: next-token prediction of
     # "a red round toy ..." after the image is what teaches it colour and shape. The first full run trained only the
     # official parts (last block) and its image path carried nothing (conditioning spread across images ~1e-4).
     stage1_trainable: tuple[str, ...] = ("gpt_model.", "img_connector.", "img_model.")
-    stage2_steps: int = 150
+    stage2_steps: int = 200
     stage2_lr: float = 1e-3
-    stage3_steps: int = 400
+    stage3_steps: int = 800
     stage3_lr: float = 1e-3  # the official stage-3 learning rate
     eval: EvalSettings = field(default_factory=EvalSettings)
 
@@ -57,9 +57,9 @@ class ToyRunConfig:
 
     @classmethod
     def demo(cls) -> ToyRunConfig:
-        """Shorter stages for `python -m training.demo` (which starts from the shipped base model)."""
-        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=200, stage2_steps=100,
-                   stage3_steps=250)
+        """Shorter stages for `python -m training.demo` (which starts from the shipped base model): about 8 min."""
+        return cls(caption_scenes=1500, compositional_scenes=1500, stage1_steps=1000, stage2_steps=150,
+                   stage3_steps=400)
 
     @classmethod
     def smoke(cls) -> ToyRunConfig:
@@ -74,7 +74,8 @@ PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRun
 
 def _init_checkpoint(path: Path, tokenizer_dir: Path, seed: int) -> Path:
     """Random tiny-preset KOSMOS-G whose vocabulary matches the toy tokenizer (the tiny preset's 64,007 rows would
-    make the stage-1 softmax the most expensive part of the run for ~130 used ids)."""
+    make the stage-1 softmax the most expensive part of the run for ~130 used ids), with 7 px ViT patches: 4 x 4
+    patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split over four patch corners."""
     from kosmos_g_core.checkpoint import save_checkpoint
     from kosmos_g_core.config import KosmosGConfig
     from kosmos_g_core.model import KosmosG
@@ -82,7 +83,8 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, seed: int) -> Path:
 
     tokenizer = KosmosTokenizer.from_files(tokenizer_dir / "sentencepiece.bpe.model", tokenizer_dir / "dict.txt")
     tiny = KosmosGConfig.tiny()
-    config = replace(tiny, mllm=replace(tiny.mllm, vocab_size=tokenizer.vocab_size))
+    config = replace(tiny, mllm=replace(tiny.mllm, vocab_size=tokenizer.vocab_size),
+                     vision=replace(tiny.vision, patch_size=7))
     torch.manual_seed(seed)
     model = KosmosG(config, dtype=torch.float32)
     save_checkpoint(path, model.state_dict(), tokenizer, config=config)
@@ -140,9 +142,12 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
         return value
 
     shards = out / "shards"
-    if not (shards / "compositional").is_dir():
-        timed("data", lambda: (write_caption_shards(shards / "captions", cfg.caption_scenes, cfg.seed),
-                               write_compositional_shards(shards / "compositional", cfg.compositional_scenes, cfg.seed)))
+    if not (shards / "references").is_dir():
+        timed("data", lambda: (
+            write_caption_shards(shards / "captions", cfg.caption_scenes, cfg.seed),
+            write_caption_shards(shards / "stage1_captions", cfg.caption_scenes, cfg.seed, describe_prob=1.0),
+            write_reference_shards(shards / "references", cfg.caption_scenes, cfg.seed),
+            write_compositional_shards(shards / "compositional", cfg.compositional_scenes, cfg.seed)))
     base_dir = out / "base"
     if base is not None:
         if not base_dir.exists():
@@ -163,8 +168,10 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
 
     captions = {"kind": "captions", "shards": str(shards / "captions"), "weight": 1}
     compositional = {"kind": "compositional", "shards": str(shards / "compositional"), "weight": 2}
+    stage1_sources = [{"kind": "captions", "shards": str(shards / "stage1_captions"), "weight": 1},
+                      {"kind": "captions", "shards": str(shards / "references"), "weight": 1}]
     s1 = timed("stage1", _train, "stage1", out,
-               _stage_config("stage1", out, cfg, init, [captions], cfg.stage1_steps, cfg.stage1_lr))
+               _stage_config("stage1", out, cfg, init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr))
     s2 = timed("stage2", _train, "stage2", out,
                _stage_config("stage2", out, cfg, s1, [captions], cfg.stage2_steps, cfg.stage2_lr))
     s3 = timed("stage3", _train, "stage3", out,
