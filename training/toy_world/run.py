@@ -48,7 +48,10 @@ class ToyRunConfig:
     stage2_steps: int = 200
     stage2_lr: float = 1e-3
     stage3_steps: int = 800
-    stage3_lr: float = 1e-3  # the official stage-3 learning rate
+    # The official 1e-3 is for a global batch of 1,024; at this batch of 16 it let the noisy diffusion gradient wash
+    # out what stage 1 taught the MLLM (measured: image-prompt subject fidelity 0.225, no better than text only).
+    # 1e-4 is close to the square-root batch scaling of 1e-3 (1.25e-4) and keeps the official trainable set.
+    stage3_lr: float = 1e-4
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     @classmethod
