@@ -86,18 +86,25 @@ def test_toml_writer_round_trips():
     assert tomllib.loads(toml_writer.dumps(table)) == table
 
 
-def test_toy_shards_feed_the_stage3_loader(tmp_path):
+def _first_batch(tmp_path, stage: str, kind: str, shards) -> dict:
+    """The trainer's loader for `stage` over toy shards, with the toy KOSMOS-G tokenizer: its first batch of 4."""
     from kosmos_g_core.tokenizer import KosmosTokenizer
     from training.data.loader import build_dataloader
-    from training.toy_world.shards import write_compositional_shards, write_kosmos_tokenizer
+    from training.toy_world.shards import write_kosmos_tokenizer
 
-    write_compositional_shards(tmp_path / "comp", 8, seed=0)
     tok_dir = write_kosmos_tokenizer(tmp_path / "tok")
     tok = KosmosTokenizer.from_files(tok_dir / "sentencepiece.bpe.model", tok_dir / "dict.txt")
-    loader = build_dataloader("stage3", {"batch_size": 4, "num_workers": 0, "sources": [
-        {"kind": "compositional", "shards": str(tmp_path / "comp")}]}, tok, image_size=28, target_size=32,
+    loader = build_dataloader(stage, {"batch_size": 4, "num_workers": 0, "sources": [
+        {"kind": kind, "shards": str(shards)}]}, tok, image_size=28, target_size=32,
         batch_size=4, rank=0, world_size=1, seed=0)
-    batch = next(iter(loader))
+    return next(iter(loader))
+
+
+def test_toy_shards_feed_the_stage3_loader(tmp_path):
+    from training.toy_world.shards import write_compositional_shards
+
+    write_compositional_shards(tmp_path / "comp", 8, seed=0)
+    batch = _first_batch(tmp_path, "stage3", "compositional", tmp_path / "comp")
     assert batch["target"].shape == (4, 3, 32, 32)
     assert batch["pixels"].shape == (4, 3, 28, 28)  # one entity image per sample
     assert int(batch["image_mask"].sum()) == 4 * 64
@@ -112,10 +119,8 @@ def test_reference_shards_caption_the_subject_alone(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from kosmos_g_core.tokenizer import KosmosTokenizer
-    from training.data.loader import build_dataloader
     from training.toy_world.scenes import COLOURS, SHAPES
-    from training.toy_world.shards import write_kosmos_tokenizer, write_reference_shards
+    from training.toy_world.shards import write_reference_shards
 
     paths = write_reference_shards(tmp_path / "refs", 12, seed=0)
     with tarfile.open(paths[0]) as tar:
@@ -127,12 +132,7 @@ def test_reference_shards_caption_the_subject_alone(tmp_path):
     assert set(captions) <= words
     white = [np.all(np.asarray(im)[0, 0] > 240) for im in images]
     assert 0 < sum(white) < 12  # both styles occur
-    tok_dir = write_kosmos_tokenizer(tmp_path / "tok")
-    tok = KosmosTokenizer.from_files(tok_dir / "sentencepiece.bpe.model", tok_dir / "dict.txt")
-    loader = build_dataloader("stage1", {"batch_size": 4, "num_workers": 0, "sources": [
-        {"kind": "captions", "shards": str(tmp_path / "refs")}]}, tok, image_size=28, target_size=32,
-        batch_size=4, rank=0, world_size=1, seed=0)
-    batch = next(iter(loader))
+    batch = _first_batch(tmp_path, "stage1", "captions", tmp_path / "refs")
     assert batch["pixels"].shape == (4, 3, 28, 28)
 
 
