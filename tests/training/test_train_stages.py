@@ -277,3 +277,23 @@ def test_stage3_with_real_grounding_supervision_is_unchanged_by_activation_check
             run += [float(loss.detach()), metrics["loss/semantic/grounding"]]
         losses[checkpointing] = run
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+@pytest.mark.parametrize("stage_name, kinds, part", [("stage2", ["captions"], "CLIP text encoder"),
+                                                      ("stage3", ["compositional"], "U-Net.s cross-attention")])
+def test_stages_refuse_an_aligner_narrower_than_the_sd15_context(assets, tmp_path, stage_name, kinds, part):
+    """A KOSMOS-G whose AlignerNet outputs 256-wide conditioning against the 768-wide tiny SD1.5: a clear error
+    naming both widths and the SD1.5 path, before any step (not a matmul shape error inside the U-Net)."""
+    from dataclasses import replace
+
+    from kosmos_g_core.checkpoint import load_checkpoint, save_checkpoint
+    from kosmos_g_core.model import KosmosG
+
+    tiny = load_checkpoint(assets["root"] / "init.safetensors", dtype=torch.float32)
+    config = replace(tiny.config, aligner=replace(tiny.config.aligner, dim=256, heads=4))
+    narrow = tmp_path / "narrow.safetensors"
+    save_checkpoint(narrow, KosmosG(config, dtype=torch.float32).state_dict(), tiny.tokenizer, config=config)
+    cfg = make_cfg(assets, stage_name, kinds, init=str(narrow))
+    with pytest.raises(ValueError, match=rf"256-wide conditioning but the {part}.* is 768-wide") as error:
+        STAGES[stage_name]().build_model(cfg, torch.device("cpu"))
+    assert str(assets["root"] / "sd15") in str(error.value)

@@ -150,6 +150,15 @@ def build_kosmos(cfg, device: torch.device, *, aligner: str):
     return model.to(device)
 
 
+def check_condition_width(kosmos, width: int, what: str, path) -> None:
+    """AlignerNet M's output width must be the frozen SD1.5 part's context width (768 for SD1.5; a toy base may be
+    narrower): say so before the first step rather than as a matmul shape error deep in the U-Net or the loss."""
+    ours = kosmos.config.condition_shape[1]
+    if ours != width:
+        raise ValueError(f"the KOSMOS-G model's AlignerNet outputs {ours}-wide conditioning but {what} of [sd15] path "
+                         f"{path} is {width}-wide: use a model and an SD1.5 folder of the same width")
+
+
 def select_trainable(kosmos: nn.Module, prefixes: Iterable[str]) -> int:
     """requires_grad = True exactly for parameters whose name starts with one of `prefixes`; returns the count."""
     prefixes = tuple(prefixes)

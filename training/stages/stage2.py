@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..sd15 import clip_caption_filter, clip_ids, load_sd15
-from .base import KosmosStage, StageModule, build_kosmos, register, to_device
+from .base import KosmosStage, StageModule, build_kosmos, check_condition_width, register, to_device
 
 
 def frozen_dtype(cfg) -> torch.dtype:
@@ -56,6 +56,7 @@ class Stage2(KosmosStage):
         self.remember(cfg, kosmos)
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), text_encoder=True,
                           tokenizer_path=cfg.sd15.tokenizer)
+        check_condition_width(kosmos, parts.text_encoder.config.hidden_size, "the CLIP text encoder", cfg.sd15.path)
         module = Aligning(kosmos)
         module.add_frozen("text_encoder", parts.text_encoder)
         module.add_frozen("clip_tokenizer", parts.tokenizer)

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from ..distributed import unwrap
 from ..sd15 import load_sd15
-from .base import KosmosStage, StageModule, build_kosmos, last_vit_block_prefixes, register, to_device
+from .base import (
+    KosmosStage,
+    StageModule,
+    build_kosmos,
+    check_condition_width,
+    last_vit_block_prefixes,
+    register,
+    to_device,
+)
 from .stage2 import frozen_dtype
 
 log = logging.getLogger(__name__)
@@ -136,6 +144,8 @@ class Stage3(KosmosStage):
         self.remember(cfg, kosmos)
         self._cfg = cfg
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), unet=True, vae=True)
+        check_condition_width(kosmos, parts.unet.config.cross_attention_dim, "the U-Net's cross-attention",
+                              cfg.sd15.path)
         module = InstructionTuning(kosmos, cfg.model.cond_dropout)
         module.add_frozen("unet", parts.unet)
         module.add_frozen("vae", parts.vae)
