@@ -22,3 +22,23 @@ def test_smoke_run_end_to_end(tmp_path):
     assert "after_stage3_image" in (tmp_path / "eval" / "results.md").read_text()
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert {"base_model", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings["timings_seconds"])
+
+    # The diagnostics read the same run folder: every stage export, caption choice a share of the 20 subjects.
+    from training.toy_world.diagnose import diagnose_run, format_table
+
+    diagnosis = diagnose_run(tmp_path)
+    assert set(diagnosis) == {"stage1", "stage2", "stage3"}
+    for row in diagnosis.values():
+        assert {round(row[f"caption_choice_{k}"] * 20, 6) % 1 for k in ("scene", "cutout")} == {0.0}
+    assert diagnosis["stage3"]["spread_across_images"] >= 0 and "spread_across_images" not in diagnosis["stage1"]
+    assert json.loads((tmp_path / "diagnose.json").read_text())["chance_caption_choice"] == 0.05
+    assert format_table(diagnosis).count("\n") == 5
+
+
+def test_diagnose_names_the_folder_when_there_is_no_run(tmp_path):
+    import pytest
+
+    from training.toy_world.diagnose import diagnose_run
+
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        diagnose_run(tmp_path)
