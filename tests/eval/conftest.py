@@ -50,5 +50,5 @@ def tiny_generator(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("generator")
     base = train_base_model(root / "base", BaseModelConfig.test(), seed=0)
-    ckpt = _init_checkpoint(root / "kosmos_g.safetensors", write_kosmos_tokenizer(root / "tok"), seed=0)
+    ckpt = _init_checkpoint(root / "kosmos_g.safetensors", write_kosmos_tokenizer(root / "tok"), base, seed=0)
     return ckpt, base

@@ -26,10 +26,11 @@ def test_base_model_folder_loads_like_sd15(base_dir):
     assert json.loads((base_dir / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
     parts = load_sd15(base_dir, device=torch.device("cpu"), dtype=torch.float32, text_encoder=True, unet=True,
                       vae=True)
-    assert parts.unet.config.cross_attention_dim == 768
+    width = BaseModelConfig.test().context_dim  # 256, where SD1.5 has 768
+    assert parts.unet.config.cross_attention_dim == width
     tok, text = load_text_side(base_dir)
     emb = encode_text(tok, text, ["a toy on the beach", ""])
-    assert emb.shape == (2, 77, 768)
+    assert emb.shape == (2, 77, width)
     sampler = DiffusionSampler.from_folder(base_dir)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     a = sampler.sample(emb[:1], emb[1:], steps=2, guidance=5.0, resolution=32, generator=g())
@@ -38,7 +39,7 @@ def test_base_model_folder_loads_like_sd15(base_dir):
 
 
 def test_text_encoder_pretraining_makes_every_position_carry_the_caption(tmp_path):
-    """The toy CLIP stand-in is pretrained (as CLIP is) so that its (77, 768) output says what the caption says; a
+    """The toy CLIP stand-in is pretrained (as CLIP is) so that its (77, C) output says what the caption says; a
     random one varies little between captions. Measured with the share of output variance that is caption-dependent
     on the padding positions, which a causal encoder can only fill with what it read before them."""
     import random
@@ -55,7 +56,7 @@ def test_text_encoder_pretraining_makes_every_position_carry_the_caption(tmp_pat
     def caption_share(text) -> float:
         """Variance between captions at the same position over the total variance around the grand mean."""
         with torch.no_grad():
-            pads = encode_text(tok, text, captions)[:, 20:]  # (4, 57, 768): padding positions only
+            pads = encode_text(tok, text, captions)[:, 20:]  # (4, 57, C): padding positions only
         between = pads.var(dim=0, correction=0).mean()
         total = (pads - pads.mean(dim=(0, 1))).pow(2).mean()
         return float(between / total)
@@ -146,3 +147,26 @@ def test_evaluation_reference_styles():
     assert cut.getpixel((0, 0)) == (255, 255, 255) and crop.getpixel((0, 0)) != (255, 255, 255)
     with pytest.raises(ValueError, match="cutout"):
         EvalSettings(reference="photo").reference_image(subject)
+
+
+def test_shipped_base_model_is_a_small_fp16_sd15_folder_that_draws():
+    """The demo's base model (training/toy_world/assets/base): fp16 weights, U-Net context as wide as the text
+    encoder's output, and it samples an image from a caption."""
+    from safetensors import safe_open
+
+    from training.demo import SHIPPED_BASE
+    from training.evaluation.sampler import DiffusionSampler
+    from training.sd15 import load_sd15
+
+    files = sorted(SHIPPED_BASE.rglob("*.safetensors"))
+    assert len(files) == 3 and sum(f.stat().st_size for f in files) < 12e6
+    for f in files:
+        with safe_open(f, "pt") as weights:
+            assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F16"}, f
+    parts = load_sd15(SHIPPED_BASE, device=torch.device("cpu"), dtype=torch.float32, text_encoder=True, unet=True)
+    assert parts.unet.config.cross_attention_dim == parts.text_encoder.config.hidden_size
+    tok, text = load_text_side(SHIPPED_BASE)
+    emb = encode_text(tok, text, ["a red round toy on the beach", ""])
+    image = DiffusionSampler.from_folder(SHIPPED_BASE).sample(emb[:1], emb[1:], steps=2, guidance=5.0, resolution=32,
+                                                              generator=torch.Generator().manual_seed(0))
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()

@@ -1,8 +1,8 @@
 """The toy world's base text-to-image model: SD1.5's classes at a tiny size, saved in SD1.5's folder layout.
 
-`unet/` UNet2DConditionModel (cross_attention_dim 768), `vae/` AutoencoderKL (x2 downsampling), `text_encoder/`
-CLIPTextModel (hidden 768, outputs (B, 77, 768) like SD1.5's CLIP ViT-L text tower), `tokenizer/` a CLIPTokenizer with
-the toy vocabulary, `scheduler/` SD1.5's DDPM schedule. Anything that reads an SD1.5 diffusers folder (the trainer's
+`unet/` UNet2DConditionModel (cross_attention_dim C = 256), `vae/` AutoencoderKL (x8 downsampling), `text_encoder/`
+CLIPTextModel (outputs (B, 77, C) as SD1.5's CLIP ViT-L text tower outputs (B, 77, 768)), `tokenizer/` a CLIPTokenizer
+with the toy vocabulary, `scheduler/` SD1.5's DDPM schedule. Anything that reads an SD1.5 diffusers folder (the trainer's
 `sd15.path`, the evaluation sampler) reads this one.
 
 Training, in `train_base_model`, in three steps that mirror how SD1.5 was made:
@@ -54,9 +54,11 @@ class BaseModelConfig:
     unet_channels: tuple[int, ...] = (64, 128)
     unet_heads: int = 4
     text_layers: int = 1
-    text_heads: int = 12
+    text_heads: int = 4
     text_ffn: int = 256
-    context_dim: int = 768  # SD1.5's cross-attention width; KosmosGConfig.tiny()'s AlignerNet outputs it too
+    # The cross-attention context width, which the KOSMOS-G AlignerNet must output. SD1.5's is 768; at 768 the
+    # AlignerNet's linears were two thirds of a stage-2/3 step at this scale (profiled), so the toy world uses 256.
+    context_dim: int = 256
     max_length: int = 77
     # training
     vae_steps: int = 800
@@ -125,7 +127,7 @@ def _batch(rng: random.Random, cfg: BaseModelConfig) -> tuple[torch.Tensor, list
 
 
 def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
-    """SD1.5's way: pad to 77 with the tokenizer, last hidden state (after the final LayerNorm) -> (B, 77, 768)."""
+    """SD1.5's way: pad to 77 with the tokenizer, last hidden state (after the final LayerNorm) -> (B, 77, C)."""
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
@@ -141,7 +143,7 @@ def _attribute_labels(scene, described: bool) -> tuple[int, int, int]:
 def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: random.Random) -> float:
     """Teach the toy CLIP what a caption says at every one of its 77 output positions; returns the final loss.
 
-    Linear heads on each (B, 77, 768) position predict the caption's place / colour word / shape word. The causal
+    Linear heads on each (B, 77, C) position predict the caption's place / colour word / shape word. The causal
     mask means positions before a word cannot know it, so the loss does not reach zero (about 0.2 here)."""
     heads = torch.nn.ModuleList([torch.nn.Linear(cfg.context_dim, n) for n in
                                  (len(PLACES), len(COLOURS) + 1, len(SHAPES) + 1)])

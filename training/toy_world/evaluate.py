@@ -107,7 +107,7 @@ def _generate(sampler: DiffusionSampler, cond, uncond, settings: EvalSettings, r
 
 @torch.no_grad()
 def alignment_error(model, tokenizer, text_encoder, count: int = 64, seed: int = 99) -> dict[str, float]:
-    """Stage-2 metric on held-out captions: MSE of M(MLLM(caption)) vs the base text encoder's (77, 768) output,
+    """Stage-2 metric on held-out captions: MSE of M(MLLM(caption)) vs the base text encoder's (77, C) output,
     and the same MSE for the best constant (the targets' mean), so 1 - mse / baseline is the share explained."""
     rng = random.Random(seed)
     captions = [random_scene(rng).caption(describe=rng.random() < 0.5) for _ in range(count)]

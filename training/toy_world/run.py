@@ -12,6 +12,7 @@ output exists, so an interrupted run continues (the trainer itself resumes from 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -75,10 +76,11 @@ class ToyRunConfig:
 PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRunConfig.smoke}
 
 
-def _init_checkpoint(path: Path, tokenizer_dir: Path, seed: int) -> Path:
+def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int) -> Path:
     """Random tiny-preset KOSMOS-G whose vocabulary matches the toy tokenizer (the tiny preset's 64,007 rows would
     make the stage-1 softmax the most expensive part of the run for ~130 used ids), with 7 px ViT patches: 4 x 4
-    patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split over four patch corners."""
+    patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split over four patch corners,
+    and an AlignerNet as wide as the base U-Net's cross-attention context (read from its unet/config.json)."""
     from kosmos_g_core.checkpoint import save_checkpoint
     from kosmos_g_core.config import KosmosGConfig
     from kosmos_g_core.model import KosmosG
@@ -86,8 +88,10 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, seed: int) -> Path:
 
     tokenizer = KosmosTokenizer.from_files(tokenizer_dir / "sentencepiece.bpe.model", tokenizer_dir / "dict.txt")
     tiny = KosmosGConfig.tiny()
+    width = json.loads((base_dir / "unet" / "config.json").read_text(encoding="utf-8"))["cross_attention_dim"]
     config = replace(tiny, mllm=replace(tiny.mllm, vocab_size=tokenizer.vocab_size),
-                     vision=replace(tiny.vision, patch_size=7))
+                     vision=replace(tiny.vision, patch_size=7),
+                     aligner=replace(tiny.aligner, dim=width, heads=max(1, width // 64)))
     torch.manual_seed(seed)
     model = KosmosG(config, dtype=torch.float32)
     save_checkpoint(path, model.state_dict(), tokenizer, config=config)
@@ -167,7 +171,7 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
             write_kosmos_tokenizer(tok_dir, cfg.seed)
     init = out / "init.safetensors"
     if not init.is_file():
-        _init_checkpoint(init, tok_dir, cfg.seed)
+        _init_checkpoint(init, tok_dir, base_dir, cfg.seed)
 
     captions = {"kind": "captions", "shards": str(shards / "captions"), "weight": 1}
     compositional = {"kind": "compositional", "shards": str(shards / "compositional"), "weight": 2}
