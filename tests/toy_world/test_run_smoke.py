@@ -20,8 +20,15 @@ def test_smoke_run_end_to_end(tmp_path):
     assert saved["sampling"]["images_per_condition"] == 10
     assert (tmp_path / "eval" / "samples_grid.png").stat().st_size > 1000
     assert "after_stage3_image" in (tmp_path / "eval" / "results.md").read_text()
-    timings = json.loads((tmp_path / "timings.json").read_text())
-    assert {"base_model", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings["timings_seconds"])
+    timings = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
+    assert {"base_model", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings)
+
+    # Run again on the same folder: every step is skipped but the evaluation, and the skipped steps keep their times.
+    again = run(tmp_path, ToyRunConfig.smoke())
+    assert again["conditions"] == results["conditions"]
+    resumed = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
+    assert all(resumed[k] == timings[k] for k in ("data", "base_model", "stage1", "stage2", "stage3"))
+    assert resumed["total"] >= sum(timings[k] for k in ("base_model", "stage1", "stage2", "stage3"))
 
     # The diagnostics read the same run folder: every stage export, caption choice a share of the 20 subjects.
     from training.toy_world.diagnose import diagnose_run, format_table

@@ -163,10 +163,20 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
     return results
 
 
+def _grid_rows(pairs: list[tuple[Subject, str]], count: int = 10) -> list[int]:
+    """Indices of `count` pairs for the sample grid: subject 7k mod 20 and place k mod 5 for row k, which covers all
+    4 shapes, 5 colours and 5 places in 10 rows; pairs missing from a subset (smoke runs) are filled in order."""
+    first = {pair: i for i, pair in reversed(list(enumerate(pairs)))}
+    subjects, places = all_subjects(), list(PLACES)
+    wanted = [(subjects[(7 * k) % len(subjects)], places[k % len(places)]) for k in range(count)]
+    rows = [first[w] for w in wanted if w in first]
+    rows += [i for i in sorted(set(first.values())) if i not in rows][: max(0, count - len(rows))]
+    return rows
+
+
 def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, settings: EvalSettings) -> None:
     rows, labels = [], []
-    # stride 11 over (subject, place) pairs: ten rows that mix subjects and places
-    for i in sorted({(k * 11) % len(pairs) for k in range(min(10, len(pairs)))}):
+    for i in _grid_rows(pairs):
         subject, place = pairs[i]
         rows.append([settings.reference_image(subject)] + [images[c][i] for c in CONDITIONS])
         labels.append(f"{subject.name}, {place}")

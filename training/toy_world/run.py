@@ -5,8 +5,9 @@
 
 Writes under --out: `base/` (the SD1.5-layout toy base model), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
 (the exact trainer configs), `stage1/ stage2/ stage3/` (trainer run folders with their exports), `eval/`
-(results.json, results.md, samples_grid.png, scores.png) and `timings.json`. Steps already done are skipped when their
-output exists, so an interrupted run continues (the trainer itself resumes from its last checkpoint).
+(results.json, results.md, samples_grid.png, scores.png) and `timings.json` (seconds per step). Steps already done
+are skipped when their output exists, so an interrupted run continues (the trainer itself resumes from its last
+checkpoint, and timings.json keeps the times of the skipped steps); the evaluation always runs.
 """
 
 from __future__ import annotations
@@ -124,14 +125,10 @@ def _train(stage: str, out: Path, table: dict) -> Path:
     from training.train import run as train_run
     from training.train_config import load_config
 
-    export = out / stage / "export.safetensors"
-    if export.is_file():
-        log.info("%s: %s exists, skipped", stage, export)
-        return export
     path = toml_writer.write(table, out / "configs" / f"{stage}.toml")
     log.info("%s: python -m training.train --config %s", stage, path)
     result = train_run(load_config(path))
-    return Path(result.export_path) if result.export_path else export
+    return Path(result.export_path) if result.export_path else out / stage / "export.safetensors"
 
 
 def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: str | Path | None = None,
@@ -178,14 +175,23 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
     compositional = {"kind": "compositional", "shards": str(shards / "compositional"), "weight": 2}
     stage1_sources = [{"kind": "captions", "shards": str(shards / "stage1_captions"), "weight": 1},
                       {"kind": "captions", "shards": str(shards / "references"), "weight": 1}]
-    s1 = timed("stage1", _train, "stage1", out,
-               _stage_config("stage1", out, cfg, init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr))
-    s2 = timed("stage2", _train, "stage2", out,
-               _stage_config("stage2", out, cfg, s1, [captions], cfg.stage2_steps, cfg.stage2_lr))
-    s3 = timed("stage3", _train, "stage3", out,
-               _stage_config("stage3", out, cfg, s2, [compositional, captions], cfg.stage3_steps, cfg.stage3_lr))
+
+    def train(stage: str, init: Path, sources: list[dict], steps: int, lr: float) -> Path:
+        export = out / stage / "export.safetensors"
+        if export.is_file():
+            log.info("%s: %s exists, skipped", stage, export)
+            return export
+        return timed(stage, _train, stage, out, _stage_config(stage, out, cfg, init, sources, steps, lr))
+
+    s1 = train("stage1", init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr)
+    s2 = train("stage2", s1, [captions], cfg.stage2_steps, cfg.stage2_lr)
+    s3 = train("stage3", s2, [compositional, captions], cfg.stage3_steps, cfg.stage3_lr)
     results = timed("evaluation", evaluate_run, base_dir, s2, s3, out / "eval", cfg.eval, cfg.base.image_size)
-    timings["total"] = round(time.time() - t_all, 1)
+    # A resumed run keeps the times of the steps it skipped, so that the total stays that of the whole pipeline.
+    timings_path = out / "timings.json"
+    earlier = json.loads(timings_path.read_text(encoding="utf-8"))["timings_seconds"] if timings_path.is_file() else {}
+    skipped = {k: v for k, v in earlier.items() if k not in timings and k != "total"}
+    timings = skipped | timings | {"total": round(time.time() - t_all + sum(skipped.values()), 1)}
     write_json({"timings_seconds": timings, "config": asdict(cfg), "threads": torch.get_num_threads(),
                 "command": " ".join([Path(sys.executable).name, "-m", "training.toy_world.run", *sys.argv[1:]])},
                out / "timings.json")
