@@ -3,13 +3,13 @@
     python -m training.demo                 # writes runs/demo/eval/samples_grid.png and results.{json,md}
 
 It runs the toy world (docs/evaluation.md) at demo length: the base text-to-image model shipped in
-`training/toy_world/assets/base/` (SD1.5's diffusers classes at toy size, 14 MB in fp16, reproducible with
+`training/toy_world/assets/base/` (SD1.5's diffusers classes at toy size, 8 MB in fp16, reproducible with
 `python -m training.toy_world.base_model --out training/toy_world/assets/base --fp16`) stands in for SD1.5; a tiny
 KOSMOS-G is trained from scratch through the real stage 1, 2 and 3 trainer code, exported in the pack's checkpoint
 format, loaded back with `kosmos_g_core.load_checkpoint`, and asked for "a <i> on the beach" with a reference image of
 a subject whose colour and shape no caption names. The toy world's scorer then reports how often the generated
 subject has the reference's colour and shape, against the text-only prompt and the model before stage 3.
-Without the shipped base model (or with --train-base) the demo trains one first (about 11 more minutes).
+Without the shipped base model (or with --train-base) the demo trains one first (about 8 more minutes).
 """
 
 from __future__ import annotations
