@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from training.evaluation.report import write_json
+from training.evaluation.report import markdown_table, write_json
 
 from .scenes import PLACES, Scene, all_subjects, reference_image, render
 
@@ -99,11 +99,7 @@ def diagnose_run(run_dir: str | Path) -> dict:
 
 
 def format_table(results: dict) -> str:
-    columns = sorted({k for row in results.values() for k in row})
-    lines = ["| stage | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for stage, row in results.items():
-        lines.append(f"| {stage} | " + " | ".join(f"{row[c]:.4g}" if c in row else "-" for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(results, sorted({k for row in results.values() for k in row}), first="stage")
 
 
 def main(argv: list[str] | None = None) -> None:
