@@ -203,3 +203,32 @@ def test_loader_plan_pickles_for_spawned_workers(stage3_shards, kosmos_tokenizer
     plan = pickle.loads(pickle.dumps(loader.plan))
     assert plan.tokenizer.encode("a dog") == kosmos_tokenizer.encode("a dog")
     assert plan.shards == loader.plan.shards and plan.config == loader.plan.config
+
+
+def _cut_inside_member(path, member_name):
+    """Truncate a tar in the middle of `member_name`'s data (its header stays whole)."""
+    with tarfile.open(path) as tar:
+        member = tar.getmember(member_name)
+    path.write_bytes(path.read_bytes()[: member.offset_data + member.size // 2])
+
+
+@pytest.mark.parametrize(("cut", "expected"), [
+    ("jpg", ["s000000", "s000001"]),         # sample 2's first member is cut: sample 1 is whole and is kept
+    ("txt", ["s000000", "s000001", "s000002"]),  # its second: sample 2 comes out incomplete, for the decoder to count
+])
+def test_a_truncated_member_loses_no_complete_sample(tmp_path, cut, expected):
+    from training.data.shards import ShardReader
+
+    (path,) = write_synthetic_shards(tmp_path, "captions", num_samples=3, samples_per_shard=3)
+    with tarfile.open(path) as tar:
+        names = [m.name for m in tar.getmembers()]
+    _cut_inside_member(path, next(n for n in names if n.startswith("s000002") and n.endswith(cut)))
+    errors = []
+    reader = ShardReader([str(path)], seed=0, source_index=0, reader=0, num_readers=1,
+                         on_error=lambda kind, message: errors.append(kind))
+    samples = list(itertools.islice(iter(reader), len(expected) + 1))  # + the next epoch's first sample
+    assert [s.key for s in samples] == [*expected, "s000000"] and samples[-1].uid[0] == 1
+    assert errors == ["skipped_bad_shard"]
+    assert set(samples[1].members) == {"jpg", "txt"}
+    if cut == "txt":
+        assert set(samples[2].members) == {"jpg"}  # incomplete: `decode` refuses it and counts skipped_corrupt

@@ -182,19 +182,35 @@ class ShardReader:
         except OSError as err:
             self._on_error("skipped_missing_shard", f"source {self.name!r}: cannot open shard {url}: {err}")
             return
+        errors: list[Exception] = []
         try:
-            files = tar_file_iterator(stream)
-            grouped = group_by_keys({**f, "__url__": url} for f in files)
-            for index, sample in enumerate(grouped):
+            files = _until_error(({**f, "__url__": url} for f in tar_file_iterator(stream)), errors)
+            for index, sample in enumerate(group_by_keys(files)):
                 if index < skip:
                     continue
                 key = sample.pop("__key__")
                 sample.pop("__url__", None)
                 yield index, key, _members(sample)
-        except Exception as err:  # a broken tar ends that shard, never the run
-            self._on_error("skipped_bad_shard", f"source {self.name!r}: shard {url} is unreadable from here on: {err}")
+        except Exception as err:  # e.g. a member name twice in one sample
+            errors.append(err)
         finally:
             stream.close()
+        if errors:  # a broken tar ends that shard, never the run
+            self._on_error("skipped_bad_shard",
+                           f"source {self.name!r}: shard {url} is unreadable from here on: {errors[0]}")
+
+
+def _until_error(files: Iterator[dict[str, Any]], errors: list[Exception]) -> Iterator[dict[str, Any]]:
+    """The tar members until the first read error (kept in `errors`), then webdataset's end-of-shard marker `{}`.
+
+    `group_by_keys` holds each sample until the next key starts; without the marker, an error in the first member
+    of sample k+1 would also drop the complete sample k, uncounted. With it, k is yielded; a sample whose own member
+    was cut short comes out incomplete and is counted by the decoder (`skipped_corrupt`)."""
+    try:
+        yield from files
+    except Exception as err:
+        errors.append(err)
+    yield {}
 
 
 def _members(sample: dict[str, Any]) -> dict[str, bytes]:
