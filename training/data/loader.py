@@ -242,6 +242,7 @@ class StatefulLoader:
                 collate_fn=_identity,
                 prefetch_factor=cfg.prefetch_factor,
                 pin_memory=cfg.pin_memory,
+                generator=self._worker_seed_generator(),
             )
         for batch in batches:
             position = batch.pop("_data_position")
@@ -253,6 +254,13 @@ class StatefulLoader:
             self._states[int(position["worker"])] = position["state"]
             self._step += 1
             yield batch
+
+    def _worker_seed_generator(self) -> torch.Generator:
+        """The generator the DataLoader draws its workers' base seed from. Without one, creating the iterator draws
+        from the *global* torch RNG, which the trainer restores on resume: the resumed run's noise, timesteps,
+        dropout and null-condition draws would all be shifted by that one draw. A private generator keeps the global
+        stream untouched (the workers themselves use only the explicit per-sample RNGs of `_SourceStream`)."""
+        return torch.Generator().manual_seed(self.plan.seed * 1_000_003 + self.plan.rank * 1_009 + self._step)
 
     def state_dict(self) -> dict[str, Any]:
         return {
