@@ -45,7 +45,8 @@ def setup(device: str = "auto") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("parallel.device = 'cuda' was requested but CUDA is not available on this machine")
+        raise RuntimeError(f"[run] device = {device!r} was requested but CUDA is not available on this machine; "
+                           "use device = \"auto\" or \"cpu\"")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
