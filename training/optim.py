@@ -25,13 +25,6 @@ class OptimConfig:
     min_lr_ratio: float = 0.0        # lr at max_steps, as a fraction of lr
     fused: bool = False              # torch's fused CUDA AdamW kernel
 
-    @classmethod
-    def from_dict(cls, d: dict) -> OptimConfig:
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(float(b) for b in d["betas"])
-        return cls(**d)
-
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
     params = [p for p in params if p.requires_grad]

@@ -28,7 +28,7 @@ segmentation_max_timestep (200), segmentation_size (0 = decode size).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +48,15 @@ class SemanticConfig:
     segmentation_max_timestep: int = 200
     segmentation_size: int = 0
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.grounding_weight or self.segmentation_weight)
+
     @classmethod
     def from_dict(cls, d: dict) -> SemanticConfig:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in [semantic]; valid keys: {sorted(valid)}")
-        d = dict(d)
-        if "grounding_sizes" in d:
-            d["grounding_sizes"] = tuple(int(s) for s in d["grounding_sizes"])
-        return cls(**d)
+        from .typed_tables import from_table
+
+        return from_table(cls, d, "[semantic]")
 
 
 @dataclass

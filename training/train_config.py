@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .optim import OptimConfig
+from .typed_tables import from_table
 
 try:
     import tomllib
@@ -127,26 +128,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _section(cls: type, table: dict, name: str) -> Any:
-    if cls is OptimConfig:
-        _check_keys(cls, table, name)
-        return OptimConfig.from_dict(table)
-    _check_keys(cls, table, name)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in table:
-            v = table[f.name]
-            values[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**values)
-
-
-def _check_keys(cls: type, table: dict, name: str) -> None:
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - valid)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in [{name}]; valid keys: {sorted(valid)}")
-
-
 def _parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -180,7 +161,7 @@ def config_from_dict(raw: dict, source: str = "") -> TrainConfig:
                          f"valid: stage, {', '.join(list(_SECTIONS) + list(_PASSTHROUGH))}")
     kwargs: dict[str, Any] = {"stage": raw["stage"], "source": source}
     for name, cls in _SECTIONS.items():
-        kwargs[name] = _section(cls, raw.get(name, {}), name)
+        kwargs[name] = from_table(cls, raw.get(name, {}), f"[{name}]")
     for name in _PASSTHROUGH:
         kwargs[name] = copy.deepcopy(raw.get(name, {}))
     return TrainConfig(**kwargs)

@@ -229,8 +229,11 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
             calls["batch_keys"] = set(batch)
             return {"grounding": noise_pred.float().pow(2).mean() * 0 + 0.25}
 
+    from training.semantic_supervision import SemanticConfig
+
     fake = types.ModuleType("training.semantic_supervision")
     fake.SemanticSupervision = SemanticSupervision
+    fake.SemanticConfig = SemanticConfig  # the real table parser: only the supervision is replaced
     monkeypatch.setitem(sys.modules, "training.semantic_supervision", fake)
 
     off = make_cfg(assets, "stage3", ["compositional"])

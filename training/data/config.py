@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from ..typed_tables import ConfigTypeError, check_table, check_value
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ _DATA_KEYS = {
 }
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ConfigTypeError):
     """The `[data]` table is wrong: names the key and what was expected."""
 
 
@@ -95,76 +97,71 @@ def _as_shard_list(value: Any, where: str) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise DataConfigError(f"{where}.shards must be a brace pattern string or a non-empty list of paths, got {value!r}")
+    raise DataConfigError(f"{where} shards = {value!r}: expected a brace pattern string or a non-empty list of paths")
 
 
-def _probability(data_cfg: Mapping[str, Any], key: str, default: float) -> float:
-    value = float(data_cfg.get(key, default))
+def _probability(value: float, key: str) -> float:
     if not 0.0 <= value <= 1.0:
-        raise DataConfigError(f"[data].{key} must be a probability in [0, 1], got {value}")
+        raise DataConfigError(f"[data] {key} = {value}: expected a probability in [0, 1]")
+    return value
+
+
+def check_batch_size(data_cfg: Mapping[str, Any]) -> int:
+    """`[data] batch_size`: samples per rank per micro-step, required."""
+    if "batch_size" not in data_cfg:
+        raise DataConfigError("[data] batch_size is missing (samples per rank per micro-step)")
+    value = check_value(data_cfg["batch_size"], int, "[data] batch_size")
+    if value < 1:
+        raise DataConfigError(f"[data] batch_size = {value}: expected at least 1")
     return value
 
 
 def parse_data_config(stage: str, data_cfg: Mapping[str, Any]) -> DataConfig:
-    """Validate the `[data]` table for `stage`, fill defaults (stage-3 weights 1:2:2, caption limits)."""
+    """Validate the `[data]` table for `stage` (keys, value types, ranges), fill defaults (stage-3 weights 1:2:2,
+    caption limits). Every error names the key."""
     if stage not in STAGE_KINDS:
         raise DataConfigError(f"unknown stage {stage!r}; the data loaders know {sorted(STAGE_KINDS)}")
     unknown = set(data_cfg) - _DATA_KEYS
     if unknown:
         log.warning("[data] keys %s are not used by the data loader (known: %s)", sorted(unknown), sorted(_DATA_KEYS))
+    if "batch_size" in data_cfg:
+        check_batch_size(data_cfg)
     raw_sources = data_cfg.get("sources")
     if not raw_sources:
         raise DataConfigError(
             f"[data] has no sources; add [[data.sources]] tables with kind (one of {STAGE_KINDS[stage]}) and shards"
         )
+    if not isinstance(raw_sources, Sequence) or isinstance(raw_sources, str):
+        raise DataConfigError(f"[data] sources = {raw_sources!r}: expected [[data.sources]] tables")
     sources: list[SourceConfig] = []
     for number, raw in enumerate(raw_sources):
         where = f"[[data.sources]] #{number}"
         if not isinstance(raw, Mapping):
             raise DataConfigError(f"{where} must be a table with kind and shards, got {raw!r}")
-        bad = set(raw) - _SOURCE_KEYS
-        if bad:
-            raise DataConfigError(f"{where} has unknown keys {sorted(bad)} (known: {sorted(_SOURCE_KEYS)})")
-        kind = raw.get("kind")
+        if "shards" not in raw:
+            raise DataConfigError(f"{where} has no shards (a webdataset brace pattern or a list of .tar paths)")
+        values = check_table(SourceConfig, {**raw, "shards": _as_shard_list(raw["shards"], where)}, where)
+        kind = values.get("kind")
         if kind not in STAGE_KINDS[stage]:
             raise DataConfigError(
                 f"{where}: kind {kind!r} is not read by {stage} (expected one of {STAGE_KINDS[stage]})"
             )
-        if "shards" not in raw:
-            raise DataConfigError(f"{where} has no shards (a webdataset brace pattern or a list of .tar paths)")
-        default_weight = DEFAULT_WEIGHTS.get(kind, 1.0) if stage == "stage3" else 1.0
-        weight = float(raw.get("weight", default_weight))
-        if weight < 0:
-            raise DataConfigError(f"{where}: weight must be >= 0, got {weight}")
-        max_caption = raw.get("max_caption_tokens", DEFAULT_MAX_CAPTION_TOKENS[stage])
-        sources.append(
-            SourceConfig(
-                kind=kind,
-                shards=_as_shard_list(raw["shards"], where),
-                weight=weight,
-                name=str(raw.get("name") or f"{kind}{number}"),
-                min_image_side=int(raw.get("min_image_side", 0)),
-                max_caption_tokens=None if max_caption is None else int(max_caption),
-            )
-        )
+        values.setdefault("weight", DEFAULT_WEIGHTS.get(kind, 1.0) if stage == "stage3" else 1.0)
+        if values["weight"] < 0:
+            raise DataConfigError(f"{where} weight = {values['weight']}: expected a weight >= 0")
+        values.setdefault("max_caption_tokens", DEFAULT_MAX_CAPTION_TOKENS[stage])
+        values["name"] = values.get("name") or f"{kind}{number}"
+        sources.append(SourceConfig(**values))
     if sum(s.weight for s in sources) <= 0:
         raise DataConfigError("[data] sources all have weight 0; give at least one a positive weight")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise DataConfigError(f"[data] source names must be unique, got {names}")
-    num_workers = int(data_cfg.get("num_workers", 2))
-    if num_workers < 0:
-        raise DataConfigError(f"[data].num_workers must be >= 0, got {num_workers}")
-    return DataConfig(
-        sources=tuple(sources),
-        num_workers=num_workers,
-        max_tokens=int(data_cfg.get("max_tokens", 2048)),
-        prefetch_factor=int(data_cfg.get("prefetch_factor", 2)),
-        pin_memory=bool(data_cfg.get("pin_memory", False)),
-        log_every=max(1, int(data_cfg.get("log_every", 100))),
-        mix_per_rank=bool(data_cfg.get("mix_per_rank", False)),
-        drop_entity_word_prob=_probability(data_cfg, "drop_entity_word_prob", 0.5),
-        cutout_prob=_probability(data_cfg, "cutout_prob", 0.5),
-        drop_input_caption_prob=_probability(data_cfg, "drop_input_caption_prob", 0.5),
-        extra={k: data_cfg[k] for k in unknown},
-    )
+    known = {k: v for k, v in data_cfg.items() if k not in unknown and k not in ("sources", "batch_size")}
+    config = DataConfig(sources=tuple(sources), **check_table(DataConfig, known, "[data]"),
+                        extra={k: data_cfg[k] for k in unknown})
+    if config.num_workers < 0:
+        raise DataConfigError(f"[data] num_workers = {config.num_workers}: expected 0 or more")
+    for key in ("drop_entity_word_prob", "cutout_prob", "drop_input_caption_prob"):
+        _probability(getattr(config, key), key)
+    return replace(config, log_every=max(1, config.log_every))

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class Stage(Protocol):
     name: str
 
+    def check_config(self, cfg) -> object: ...
     def build_model(self, cfg, device: torch.device) -> nn.Module: ...
     def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]: ...
     def build_dataloader(self, cfg, rank: int, world_size: int): ...
@@ -210,16 +211,22 @@ class KosmosStage:
     def enable_activation_checkpointing(self, model: nn.Module) -> None:
         unwrap(model).kosmos.set_gradient_checkpointing(True)
 
+    def check_config(self, cfg) -> None:
+        """The stage's own tables ([data]; stage 3 also [semantic]): keys, value types and ranges, before anything
+        is built."""
+        from training.data.config import check_batch_size, parse_data_config
+
+        check_batch_size(cfg.data)
+        parse_data_config(self.name, cfg.data)
+
     def build_dataloader(self, cfg, rank: int, world_size: int):
         from training.data import build_dataloader
+        from training.data.config import check_batch_size
 
-        data_cfg = dict(cfg.data)
-        if "batch_size" not in data_cfg:
-            raise ValueError("[data] batch_size is missing (samples per rank per micro-step)")
         return build_dataloader(
-            self.name, data_cfg, self._tokenizer, image_size=self._image_size, target_size=self._target_size(cfg),
-            batch_size=int(data_cfg["batch_size"]), rank=rank, world_size=world_size, seed=cfg.run.seed,
-            caption_filter=self._caption_filter())
+            self.name, dict(cfg.data), self._tokenizer, image_size=self._image_size,
+            target_size=self._target_size(cfg), batch_size=check_batch_size(cfg.data), rank=rank,
+            world_size=world_size, seed=cfg.run.seed, caption_filter=self._caption_filter())
 
     # Set by build_model: what the loader needs from the model.
     _tokenizer = None

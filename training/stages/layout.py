@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,26 +81,52 @@ class LayoutTraining(nn.Module):
         return layout_losses(self.model, text, pad, batch["labels"], batch.get("instances"), **self.loss_opts)
 
 
-def _dataset(data: dict, split_seed: int | None = None):
+@dataclass(frozen=True)
+class LayoutDataConfig:
+    """The layout stage's `[data]` table (see the module docstring), every value type-checked at config load."""
+
+    batch_size: int = 0               # required: samples per rank per micro-step
+    source: str = "procedural"        # procedural | coco_stuff | shards
+    size: int = 64                    # label-map side
+    train_scenes: int = 20000         # procedural
+    seed: int = 0                     # procedural data seed; held-out scenes use seed + 1
+    captions: str = ""                # coco_stuff: captions json
+    labels: str = ""                  # coco_stuff: stuffthingmaps folder
+    limit: int | None = None          # coco_stuff: at most this many images
+    shards: tuple[str, ...] = ()      # shards: layout tar files
+    val_scenes: int = 200
+    final_eval_scenes: int = 0
+    p_full_mask: float = 0.3          # layout_losses weights
+    token_weight: float = 0.5
+    edge_weight: float = 0.5
+
+    @classmethod
+    def from_table(cls, data: dict) -> LayoutDataConfig:
+        from ..typed_tables import ConfigTypeError, from_table
+
+        data = dict(data)
+        if isinstance(data.get("shards"), str):
+            data["shards"] = [data["shards"]]
+        config = from_table(cls, data, "[data]")
+        if config.batch_size < 1:
+            raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
+                                  "per micro-step)")
+        if config.source not in ("procedural", "coco_stuff", "shards"):
+            raise ConfigTypeError(f"[data] source = {config.source!r}: expected procedural | coco_stuff | shards")
+        for key in {"coco_stuff": ("captions", "labels"), "shards": ("shards",)}.get(config.source, ()):
+            if not getattr(config, key):
+                raise ConfigTypeError(f"[data] source = {config.source} needs [data] {key}")
+        return config
+
+
+def _dataset(data: LayoutDataConfig):
     from training.layout_data import CocoStuffLayouts, ProceduralLayouts, ShardLayouts
 
-    source = data.get("source", "procedural")
-    size = int(data.get("size", 64))
-    if source == "procedural":
-        return ProceduralLayouts(int(data.get("train_scenes", 20000)), int(data.get("seed", 0)), size)
-    if source == "coco_stuff":
-        for key in ("captions", "labels"):
-            if not data.get(key):
-                raise ValueError(f"[data] source = coco_stuff needs [data] {key} (captions json / stuffthingmaps folder)")
-        return CocoStuffLayouts(data["captions"], data["labels"], size=size, limit=data.get("limit"))
-    if source == "shards":
-        shards = data.get("shards") or []
-        if isinstance(shards, str):
-            shards = [shards]
-        if not shards:
-            raise ValueError("[data] source = shards needs [data] shards = [\"path/layout-000000.tar\", ...]")
-        return ShardLayouts(shards)
-    raise ValueError(f"[data] source = {source!r}: expected procedural | coco_stuff | shards")
+    if data.source == "procedural":
+        return ProceduralLayouts(data.train_scenes, data.seed, data.size)
+    if data.source == "coco_stuff":
+        return CocoStuffLayouts(data.captions, data.labels, size=data.size, limit=data.limit)
+    return ShardLayouts(list(data.shards))
 
 
 def _captions_for_vocab(dataset, limit: int = 2000) -> list[str]:
@@ -120,9 +147,12 @@ class LayoutStage:
         self._dataset = None
         self._val = None
 
+    def check_config(self, cfg) -> LayoutDataConfig:
+        return LayoutDataConfig.from_table(cfg.data)
+
     def build_model(self, cfg, device: torch.device) -> LayoutTraining:
         self._cfg = cfg
-        data = dict(cfg.data)
+        data = self.check_config(cfg)
         if cfg.model.init:
             planner = load_layout_model(cfg.model.init)
             model, vocab = planner.model.float(), planner.vocab
@@ -138,7 +168,8 @@ class LayoutStage:
         self._dataset = _dataset(data)
         if model.config.text_encoder == "words" and vocab is None:
             vocab = WordVocab.build(_captions_for_vocab(self._dataset), model.config.vocab_size, extra=_BASE_WORDS)
-        loss_opts = {k: float(data[k]) for k in ("p_full_mask", "token_weight", "edge_weight") if k in data}
+        loss_opts = {"p_full_mask": data.p_full_mask, "token_weight": data.token_weight,
+                     "edge_weight": data.edge_weight}
         module = LayoutTraining(model, vocab, loss_opts).to(device)
         if model.config.text_encoder == "clip":
             from ..sd15 import load_sd15
@@ -157,13 +188,10 @@ class LayoutStage:
     def build_dataloader(self, cfg, rank: int, world_size: int):
         from training.layout_data import LayoutLoader
 
-        data = dict(cfg.data)
-        if "batch_size" not in data:
-            raise ValueError("[data] batch_size is missing (samples per rank per micro-step)")
+        data = self.check_config(cfg)
         if self._dataset is None:
             self._dataset = _dataset(data)
-        return LayoutLoader(self._dataset, int(data["batch_size"]), seed=cfg.run.seed, rank=rank,
-                            world_size=world_size)
+        return LayoutLoader(self._dataset, data.batch_size, seed=cfg.run.seed, rank=rank, world_size=world_size)
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
         loss, metrics = model(batch)
@@ -180,12 +208,11 @@ class LayoutStage:
         module = unwrap(model)
         save_layout_model(path, module.model, module.vocab, {"trained_stage": "layout"})
         log.info("exported layout model %s", path)
-        data = dict(self._cfg.data) if self._cfg is not None else {}
-        scenes = int(data.get("final_eval_scenes", 0))
-        if scenes and data.get("source", "procedural") == "procedural" and module.model.config.text_encoder == "words":
-            self._final_comparison(path, scenes, data)
+        data = self.check_config(self._cfg) if self._cfg is not None else None
+        if data and data.final_eval_scenes and data.source == "procedural" and module.model.config.text_encoder == "words":
+            self._final_comparison(path, data.final_eval_scenes, data)
 
-    def _final_comparison(self, path, scenes: int, data: dict) -> None:
+    def _final_comparison(self, path, scenes: int, data: LayoutDataConfig) -> None:
         """Score the rule-based planner and the exported model on the same held-out scenes (data seed + 1, never
         trained on), print both and write them to <export>.eval.json."""
         import json
@@ -194,8 +221,8 @@ class LayoutStage:
 
         from training.eval_layout import format_table, held_out_scenes, score_learned, score_rule_based
 
-        seed = int(data.get("seed", 0)) + 1
-        pairs = held_out_scenes(scenes, seed, int(data.get("size", 64)))
+        seed = data.seed + 1
+        pairs = held_out_scenes(scenes, seed, data.size)
         rows = {"rule_based": score_rule_based(pairs), "learned": score_learned(load_layout_model(path), pairs)}
         where = f"{scenes} held-out procedural scenes (seed {seed})"
         Path(str(path) + ".eval.json").write_text(json.dumps({"data": where, "scores": rows}, indent=2) + "\n")
@@ -208,14 +235,13 @@ class LayoutStage:
         from training.layout_data import make_scene
 
         cfg = self._cfg
-        data = dict(cfg.data)
+        data = self.check_config(cfg)
         module = unwrap(model)
         if module.model.config.text_encoder != "words":
             return
-        n = int(data.get("val_scenes", 200))
-        size = int(data.get("size", 64))
+        n, size = data.val_scenes, data.size
         if self._val is None:
-            self._val = [make_scene(int(data.get("seed", 0)) + 1, i, size) for i in range(n)]
+            self._val = [make_scene(data.seed + 1, i, size) for i in range(n)]
         was = module.training
         module.eval()
         planner = LearnedPlanner(module.model, module.vocab)

@@ -35,11 +35,6 @@ from .stage2 import frozen_dtype
 log = logging.getLogger(__name__)
 
 
-def semantic_enabled(semantic: dict) -> bool:
-    return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
-               for k, v in semantic.items() if k.endswith("weight"))
-
-
 class InstructionTuning(StageModule):
     stage_name = "stage3"
 
@@ -139,7 +134,15 @@ class Stage3(KosmosStage):
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
 
+    def check_config(self, cfg) -> None:
+        from training.semantic_supervision import SemanticConfig
+
+        super().check_config(cfg)
+        SemanticConfig.from_dict(cfg.semantic)
+
     def build_model(self, cfg, device: torch.device) -> InstructionTuning:
+        from training.semantic_supervision import SemanticConfig
+
         kosmos = build_kosmos(cfg, device, aligner="encoder")
         self.remember(cfg, kosmos)
         self._cfg = cfg
@@ -150,8 +153,8 @@ class Stage3(KosmosStage):
         module.add_frozen("unet", parts.unet)
         module.add_frozen("vae", parts.vae)
         module.add_frozen("noise_scheduler", parts.noise_scheduler)
-        if semantic_enabled(cfg.semantic):
-            from training.semantic_supervision import SemanticSupervision  # layout engineer's module, lazily
+        if SemanticConfig.from_dict(cfg.semantic).enabled:
+            from training.semantic_supervision import SemanticSupervision
 
             semantic = SemanticSupervision(dict(cfg.semantic), parts.unet)
             if hasattr(semantic, "attach_aligner"):
