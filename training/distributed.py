@@ -73,15 +73,20 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Mean of per-rank scalar metrics (identical key sets on every rank)."""
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum over ranks of per-rank scalars (identical key sets on every rank), in float64."""
     if not dist.is_initialized() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    t /= dist.get_world_size()
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean over ranks of per-rank scalar metrics (identical key sets on every rank)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return {k: v / world for k, v in all_reduce_sum(values, device).items()}
 
 
 def all_gather_object(obj: object) -> list[object]:

@@ -36,7 +36,8 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import CheckpointManager
-from .distributed import DistInfo, all_reduce_mean, unwrap
+from .data.stats import SKIP_REASONS
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, unwrap
 from .metrics_log import MetricsLogger, memory_metrics
 from .optim import build_optimizer, build_scheduler
 from .train_config import TrainConfig, load_config, save_resolved
@@ -130,12 +131,13 @@ class Trainer:
         if cfg.parallel.precision not in _PRECISIONS:
             raise ValueError(f"parallel.precision = {cfg.parallel.precision!r}: expected one of {sorted(_PRECISIONS)}")
         self.cfg = cfg
+        self.stage = build_stage(cfg.stage)
+        self.stage.check_config(cfg)  # the stage's own tables, before anything is built
         self.info = info = distributed.setup(cfg.run.device)
         self.out_dir = Path(cfg.run.out_dir)
         if info.is_main:
             save_resolved(cfg, self.out_dir)
         seed_everything(cfg.run.seed)  # identical on every rank: the model starts identical everywhere
-        self.stage = build_stage(cfg.stage)
         model = self.stage.build_model(cfg, info.device)
         if cfg.model.activation_checkpointing and hasattr(self.stage, "enable_activation_checkpointing"):
             self.stage.enable_activation_checkpointing(model)
@@ -256,7 +258,9 @@ class Trainer:
                                   "throughput/samples_per_s_per_device": rates["s"]})
                     means.update(memory_metrics(info.device))
                     if hasattr(self.loader, "stats"):
-                        means.update({f"data/{k}": float(v) for k, v in self.loader.stats.items()})
+                        # Counts, not rates: summed over ranks (every rank reports every reason, zeros included).
+                        counts = {f"data/{r}": float(self.loader.stats.get(r, 0)) for r in SKIP_REASONS}
+                        means.update(all_reduce_sum(counts, info.device))
                     logger.log(step, means)
                     if info.is_main:
                         with open(metrics_file, "a") as f:

@@ -200,3 +200,27 @@ def test_a_kill_inside_a_checkpoint_save_resumes_bit_exactly(assets, tmp_path, s
     a, b = _final_state(tmp_path / "whole"), _final_state(tmp_path / "split")
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_skip_counters_are_summed_over_ranks(assets, tmp_path):
+    """Rank 1 alone reads a shard with captionless samples: metrics.jsonl (written by rank 0) must count them."""
+    from training.data.shards import _epoch_order
+    from training.data.synthetic import synthetic_sample
+    from training.data.writer import ShardWriter
+
+    rank1_shard = _epoch_order(2, 0, 0, 0)[1]  # seed 0, source 0, epoch 0: reader 1 of 2 reads this shard
+    with ShardWriter(tmp_path / "shards", "captions", 8) as writer:
+        for shard in range(2):
+            for i in range(8):
+                sample = synthetic_sample("captions", 8 * shard + i)
+                if shard == rank1_shard and i % 2 == 0:
+                    sample = {k: v for k, v in sample.items() if k != "txt"}  # stage 2 reads captions only
+                writer.write(sample)
+    config = write_config(assets, "stage2", "captions", tmp_path / "run")
+    overrides = [f"data.sources=[{{kind=\"captions\", shards=\"{tmp_path / 'shards'}\"}}]",
+                 "parallel.check_replicas=false"]
+    assert _two_ranks(config, overrides) == [0, 0]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Two steps of one sample: rank 1 skipped a captionless sample before each of its two good ones.
+    assert [r["data/skipped_corrupt"] for r in rows] == [1.0, 2.0]
+    assert all(r["data/skipped_missing_shard"] == 0.0 for r in rows)
