@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import distributed
 from .checkpoint import CheckpointManager
@@ -309,6 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@record  # under torchrun, the failing rank's error (message last) replaces torchrun's "To enable traceback see..."
 def main(argv: list[str] | None = None) -> None:
     # Rank 0 logs progress; other ranks only warnings and errors.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING

@@ -224,3 +224,16 @@ def test_skip_counters_are_summed_over_ranks(assets, tmp_path):
     # Two steps of one sample: rank 1 skipped a captionless sample before each of its two good ones.
     assert [r["data/skipped_corrupt"] for r in rows] == [1.0, 2.0]
     assert all(r["data/skipped_missing_shard"] == 0.0 for r in rows)
+
+
+def test_an_error_under_torchrun_ends_with_its_own_message(tmp_path):
+    """torchrun's failure summary carries the rank's traceback, so the real message is the last thing a user reads
+    (not torchrun's "To enable traceback see ...")."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "training.train", "--config", str(REPO / "training" / "configs" / "stage2.toml"), 'optim.lr="1e-4"']
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip() and set(line.strip()) != {"="}]
+    assert lines[-1].endswith('[optim] lr = "1e-4": expected a number, got a string'), proc.stderr[-2000:]
+    assert "To enable traceback" not in proc.stderr
