@@ -179,6 +179,75 @@ def test_stage3_null_condition_replaces_dropped_samples(assets):
     torch.testing.assert_close(seen["ctx"], null.expand_as(seen["ctx"]), rtol=1e-5, atol=1e-5)
 
 
+def test_stage3_loss_is_the_epsilon_mse_of_the_frozen_unet(assets):
+    """loss = mean over samples of mean((eps_pred - eps)^2), eps the noise that DDPM's q(x_t | x_0) added at a
+    uniform t: the official `diffusion_loss`. Pinned on the tensors the U-Net really saw, so another loss (L1, a
+    scale, v-prediction, a per-pixel mean over an uneven batch) fails here."""
+    cfg = make_cfg(assets, "stage3", ["compositional"], cond_dropout=0.0)
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu")).eval()
+    scheduler, unet = model.frozen["noise_scheduler"], model.frozen["unet"]
+    seen = {}
+    add_noise = scheduler.add_noise
+
+    def recording_add_noise(latents, noise, timesteps):
+        seen.update(latents=latents, noise=noise, timesteps=timesteps)
+        return add_noise(latents, noise, timesteps)
+
+    scheduler.add_noise = recording_add_noise
+    hook = unet.register_forward_hook(lambda m, args, kwargs, out: seen.update(inputs=args, pred=out.sample),
+                                      with_kwargs=True)
+    try:
+        torch.manual_seed(0)
+        loss, metrics = stage.loss(model, fixed_batch(stage, cfg), 0)
+    finally:
+        hook.remove()
+        del scheduler.add_noise
+    noise, latents, t = seen["noise"].double(), seen["latents"].double(), seen["timesteps"]
+    alpha_bar = scheduler.alphas_cumprod.double()[t][:, None, None, None]
+    noisy, t_in = seen["inputs"]
+    torch.testing.assert_close(noisy.double(), alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise)
+    assert torch.equal(t_in, t) and scheduler.config.prediction_type == "epsilon"
+    expected = (seen["pred"].double() - noise).pow(2).flatten(1).mean(1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert metrics["loss/diffusion"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_stage3_nulls_one_condition_in_ten_per_sample(assets):
+    """The default [model] cond_dropout nulls each sample's condition independently with p = 0.1 (the official
+    10 % for classifier-free guidance), measured on 480 draws of the conditions the U-Net receives."""
+    cfg = make_cfg(assets, "stage3", ["captions"])
+    assert cfg.model.cond_dropout == 0.1
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu")).eval()
+    null = model.kosmos.null_condition()
+    batch = fixed_batch(stage, cfg)
+    batch = {**batch, **{k: v.repeat(12, *([1] * (v.dim() - 1))) for k, v in batch.items()
+                         if k in ("tokens", "image_mask", "target")}}  # 24 samples, no images in captions
+
+    class Seen(Exception):
+        pass
+
+    def stop(module, args, kwargs):
+        raise Seen(kwargs["encoder_hidden_states"].detach())
+
+    hook = model.frozen["unet"].register_forward_pre_hook(stop, with_kwargs=True)
+    dropped = []
+    torch.manual_seed(0)
+    try:
+        for _ in range(20):
+            with pytest.raises(Seen) as caught, torch.no_grad():
+                model(batch)
+            ctx = caught.value.args[0]
+            dropped.append([torch.allclose(c, null[0], atol=1e-5) for c in ctx])
+    finally:
+        hook.remove()
+    flat = [d for row in dropped for d in row]
+    rate = sum(flat) / len(flat)
+    assert len(flat) == 480 and 0.07 <= rate <= 0.13, rate     # 0.1 +- 2.2 standard errors
+    assert any(0 < sum(row) < len(row) for row in dropped)     # drawn per sample, not per batch
+
+
 def test_stage3_samples_render_images(assets, tmp_path):
     cfg = make_cfg(assets, "stage3", ["captions"])
     from dataclasses import replace
