@@ -211,6 +211,22 @@ def test_segmenter_runs_the_tiny_clipseg(tiny_clipseg):
     assert len(masks) == 2 and all(m is None or m.shape == (50, 50) for m in masks)
 
 
+def test_segmenter_upsamples_the_logits_then_takes_the_sigmoid(tiny_clipseg):
+    """The official order (convert_openimage.py:145-147); the other order gives other masks at the 0.3 threshold."""
+    import torch.nn.functional as F
+
+    segmenter = ClipSegSegmenter(tiny_clipseg)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    inputs = segmenter.processor(text=["dog"], images=[image], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = segmenter.model(**inputs).logits
+    logits = logits.reshape(1, 1, *logits.shape[-2:]).float()  # (1, 1, h, w)
+    official = torch.sigmoid(F.interpolate(logits, size=(40, 60), mode="bilinear"))[:, 0]
+    other = F.interpolate(torch.sigmoid(logits), size=(40, 60), mode="bilinear")[:, 0]
+    assert not torch.allclose(official, other, atol=1e-4)
+    torch.testing.assert_close(segmenter.probabilities(image, ["dog"]), official)
+
+
 def test_entity_extractors():
     extract = RuleEntityExtractor()
     assert extract("a dog and two cats on a red sofa in the park") == ["dog", "cats", "sofa"]

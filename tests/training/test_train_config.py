@@ -25,6 +25,14 @@ def test_shipped_configs_parse(name):
         assert cfg.parallel.precision == "bf16" and cfg.checkpoint.resume == "latest"
 
 
+def test_stage3_keeps_the_official_laion_image_size_filter():
+    """laion2b_loader.py:66-71: outside the align stage, LAION images under 384 px a side are dropped."""
+    from training.data.config import parse_data_config
+
+    sources = parse_data_config("stage3", load_config(CONFIGS / "stage3.toml").data).sources
+    assert {s.kind: s.min_image_side for s in sources} == {"captions": 384, "editing": 0, "compositional": 0}
+
+
 def test_overrides_are_parsed_as_toml_values(tmp_path):
     cfg = load_config(CONFIGS / "stage2.toml", ["optim.lr=1e-4", "data.batch_size=8", "parallel.strategy=fsdp",
                                                  "optim.betas=[0.9, 0.95]", "log.wandb=true", "run.out_dir=/x/y"])

@@ -80,6 +80,7 @@ class ClipSegSegmenter:
         inputs = self.processor(text=list(names), images=[image] * len(names), padding=True, return_tensors="pt")
         logits = self.model(**move_inputs(dict(inputs), self.device, self.dtype)).logits
         logits = logits.reshape(len(names), *logits.shape[-2:]).float()  # one name comes back without its E axis
+        # Upsample the logits, then the sigmoid: the official order (kosmos-g/scripts/convert_openimage.py:145-147).
         logits = F.interpolate(logits[:, None], size=(image.height, image.width), mode="bilinear")[:, 0]
         return torch.sigmoid(logits).cpu()
 
