@@ -88,6 +88,12 @@ class AlignerConfig:
     def __post_init__(self) -> None:
         _check_heads("AlignerNet", self.dim, self.heads)
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest MLLM sequence AlignerNet reads: token t uses position row 2 + t (torchscale's learned
+        positions keep rows 0 and 1 for padding), so two rows of the table are never used."""
+        return self.max_positions - 2
+
 
 @dataclass(frozen=True)
 class KosmosGConfig:
@@ -119,6 +125,14 @@ class KosmosGConfig:
     @property
     def image_tokens(self) -> int:
         return self.connector.num_queries
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt (in MLLM positions, <s> and each image's 66 included) the whole model reads: the MLLM's
+        length and, when there is one, AlignerNet's. The one rule every length check uses."""
+        if self.aligner is None:
+            return self.mllm.max_positions
+        return min(self.mllm.max_positions, self.aligner.max_tokens)
 
     @property
     def condition_shape(self) -> tuple[int, int]:

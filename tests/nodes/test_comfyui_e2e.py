@@ -150,7 +150,28 @@ def test_five_channel_image(comfy_server):
 def test_prompt_longer_than_the_model_reads(comfy_server):
     prompt = _base_prompt()
     _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = "<i> " + "a very long description " * 200
-    _expect_execution_error(comfy_server, prompt, "tokens long", "reads at most 512", "shorten the text")
+    _expect_execution_error(comfy_server, prompt, "tokens long", "reads at most 510", "shorten the text")
+
+
+def test_prompt_at_the_length_limit_encodes(comfy_server, kosmos_tokenizer):
+    """The node's limit is the core's: a prompt of exactly 510 positions (AlignerNet's 512 minus 2) encodes."""
+    from kosmos_g_core.prompt import prompt_tokens
+
+    prompt = _base_prompt()
+    text = "<i>" + " dog" * (510 - 1 - 66)
+    assert len(prompt_tokens(text.replace("<i>", ""), kosmos_tokenizer)[0]) + 66 == 510
+    _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = text
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+
+
+def test_literal_placeholder_in_the_negative_is_text(comfy_server):
+    """KOSMOS-G Encode's negative is plain text, as in the official code and the core: "<i>" is not refused."""
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGEncode")["inputs"]["negative"] = "an <i> tag, blurry"
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    assert entry["outputs"]["950"]["b"][0]["shape"] == [1, 77, 768]
 
 
 def test_prompt_batch_and_text_encode_negative(comfy_server):
