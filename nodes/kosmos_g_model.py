@@ -46,11 +46,12 @@ class EagerOps(comfy.ops.manual_cast):
             return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 
-class PatcherRoot(torch.nn.Module):
+class KosmosGEncoder(torch.nn.Module):
     """The module the ModelPatcher manages: the core model as its only child.
 
     ModelPatcher writes bookkeeping attributes on the module it manages (`device`, `model_loaded_weight_memory`,
-    `model_lowvram`, ...); KosmosG has a read-only `device` property, so it must not be that module.
+    `model_lowvram`, ...); KosmosG has a read-only `device` property, so it must not be that module. ComfyUI's log
+    names loaded models by this class's name ("Requested to load KosmosGEncoder"), so it says what is loaded.
     """
 
     def __init__(self, kosmos_g: KosmosG):
@@ -117,7 +118,7 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
 
     # The classic ModelPatcher (as ComfyUI uses for text encoders with dynamic VRAM disabled): the dynamic one
     # expects weights assigned lazily from a memory-mapped state dict, which is not how the core loads.
-    patcher = comfy.model_patcher.ModelPatcher(PatcherRoot(model), load_device=load_device,
+    patcher = comfy.model_patcher.ModelPatcher(KosmosGEncoder(model), load_device=load_device,
                                                offload_device=offload_device)
     report(3, steps)
     log.info("KOSMOS-G %s: %s weights, load device %s, offload device %s", name, dtype, load_device, offload_device)

@@ -194,6 +194,14 @@ def test_prompt_batch_and_text_encode_negative(comfy_server):
     assert null["sum"] * 2 == pytest.approx(negative["sum"], rel=1e-4, abs=1e-3)
 
 
+def test_log_names_the_loaded_model(comfy_server):
+    """ComfyUI logs a loaded model by its class name: it must say KOSMOS-G, not an internal wrapper's name."""
+    entry = comfy_server.run(_base_prompt())
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    log = comfy_server.log()
+    assert "Requested to load KosmosGEncoder" in log and "PatcherRoot" not in log, log[-3000:]
+
+
 def test_server_still_serves_after_errors(comfy_server):
     # Runs after the bad inputs above and the workflow runs below it in this file (pytest keeps file order): the
     # workflows then also prove that sampling still works after every refused prompt.
