@@ -168,9 +168,9 @@ def convert_kosmos2(
     return config
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kosmos_g_core.convert",
+        prog=prog,
         description="Write the KOSMOS-G pack's one-file .safetensors checkpoint (weights + config + tokenizer).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -200,8 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, prog: str = "python -m kosmos_g_core.convert") -> int:
+    """The command line; `prog` is how the usage line names the program (the pack's convert.py passes its own)."""
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     if args.official and not (args.spm and args.dict_path):
         parser.error("--official needs --spm sentencepiece.bpe.model and --dict dict.txt (the official tokenizer files)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +96,39 @@ def _expect_execution_error(client, prompt: dict[str, Any], *fragments: str) -> 
     return message
 
 
-def test_missing_model_file_is_refused_at_validation(comfy_server):
+def test_missing_model_file_is_refused_at_validation(comfy_server, comfyui_dir):
+    """One error, on model_name (not one per input, which flagged the dtype widget too), listing the files there and
+    naming the unconverted official .pt with a convert command that works as written from the ComfyUI folder."""
     prompt = _base_prompt()
-    _node(prompt, "KosmosGLoader")["inputs"]["model_name"] = "kosmos_g_v1.safetensors"
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGLoader")
+    prompt[loader]["inputs"]["model_name"] = "kosmos_g_v1.safetensors"
     status, answer = comfy_server.queue(prompt)
     assert status == 400
-    text = json.dumps(answer)
-    assert "kosmos_g_v1.safetensors" in text and "not found in models/kosmos_g/" in text, text
-    assert "kosmos-g.safetensors" in text, "the message should list the files that are there"
+    errors = answer["node_errors"][loader]["errors"]
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "model_name", errors
+    message = errors[0]["details"]
+    assert "kosmos_g_v1.safetensors" in message and "not found in models/kosmos_g/" in message, message
+    assert "kosmos-g.safetensors" in message, "the message should list the files that are there"
+    assert "also holds 'checkpoint_final.pt'" in message and "needs converting" in message, message
+
+    command = message.split("`")[1]
+    out = comfy_server.base / "models" / "kosmos_g" / "checkpoint_final.safetensors"
+    try:
+        run = subprocess.run(shlex.split(command), cwd=comfyui_dir, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{command}\n{run.stderr}"
+        assert out.is_file()
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_bad_dtype_is_one_error_on_dtype(comfy_server):
+    prompt = _base_prompt()
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGLoader")
+    prompt[loader]["inputs"]["dtype"] = "fp8"
+    status, answer = comfy_server.queue(prompt)
+    assert status == 400
+    errors = answer["node_errors"][loader]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["dtype"], errors
 
 
 def test_sd15_checkpoint_in_kosmos_folder(comfy_server):
