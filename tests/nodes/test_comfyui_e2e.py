@@ -221,6 +221,40 @@ def test_prompt_batch_and_text_encode_negative(comfy_server):
     assert null["sum"] * 2 == pytest.approx(negative["sum"], rel=1e-4, abs=1e-3)
 
 
+def _sampling_with(family: str, check: bool) -> dict[str, Any]:
+    """KOSMOS-G conditioning into KSampler with a MODEL of another family, through Check SD1.5 Model or not."""
+    prompt = _base_prompt()
+    del prompt["950"]
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt["970"] = {"class_type": "KosmosGTestTinyUNet", "inputs": {"family": family}}
+    model = ["970", 0]
+    if check:
+        prompt["971"] = {"class_type": "KosmosGCheckModel", "inputs": {"model": model}}
+        model = ["971", 0]
+    prompt["972"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["973"] = {"class_type": "KSampler", "inputs": {
+        "model": model, "positive": [encode, 0], "negative": [encode, 1], "latent_image": ["972", 0], "seed": 0,
+        "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    prompt["974"] = {"class_type": "KosmosGTestLatentSink", "inputs": {"samples": ["973", 0]}}
+    return prompt
+
+
+@pytest.mark.parametrize(("family", "exception", "fragment", "width"), [
+    ("SDXL", "KeyError", "pooled_output", 2048),
+    ("SD2", "RuntimeError", "mat1 and mat2 shapes cannot be multiplied", 1024),
+])
+def test_other_model_family_without_and_with_the_check_node(comfy_server, family, exception, fragment, width):
+    """What docs/nodes.md and the README tell a user who samples SDXL or SD2 with KOSMOS-G conditioning: the error
+    stock KSampler stops with (SDXL reads CLIP's pooled output, which KOSMOS-G does not make; SD2's cross-attention
+    is 1024-d), and the plain message of Check SD1.5 Model, which stops before it."""
+    entry = comfy_server.run(_sampling_with(family, check=False))
+    error = _error(entry)
+    assert entry["status"]["status_str"] == "error" and error["node_type"] == "KSampler", error
+    assert error["exception_type"].endswith(exception) and fragment in error["exception_message"], error
+    _expect_execution_error(comfy_server, _sampling_with(family, check=True),
+                            f"takes {width}-dimensional text conditioning", "Stable Diffusion 1.5")
+
+
 def test_log_names_the_loaded_model(comfy_server):
     """ComfyUI logs a loaded model by its class name: it must say KOSMOS-G, not an internal wrapper's name."""
     entry = comfy_server.run(_base_prompt())
