@@ -2,8 +2,10 @@
 
 Layout: model tensors under the official fairseq key names (the tied `output_projection` is not stored), the
 tokenizer files as uint8 tensors `tokenizer.sentencepiece_model` and `tokenizer.dict`, and metadata
-`{"format": "kosmos_g", "format_version": "1", "config": <json>}`. The config is still detected from the tensor
-shapes on load; the metadata only adds what shapes cannot say (the MLLM's maximum length).
+`{"format": "kosmos_g", "format_version": "2", "config": <json>}`. The stored config is the whole architecture, head
+counts included: on load it is checked against the tensor shapes (`shape_mismatches`) and used as is, so a file loads
+back to the model that wrote it. Version 1 files stored head counts derived as one per 64 channels, which is also how
+they were always loaded; a file without a config gets the same assumption, with a logged note.
 
 Reading and writing go straight between the file and the tensors' memory: a load builds the model on the meta
 device, allocates it once in the target dtype and `readinto`s each tensor, so peak memory stays at the model's size
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import KosmosGConfig, detect_config
+from .config import HEAD_DIM, KosmosGConfig, detect_config, shape_mismatches
 from .layers import Ops
 from .model import KosmosG
 from .tokenizer import KosmosTokenizer
@@ -32,7 +34,7 @@ from .tokenizer import KosmosTokenizer
 log = logging.getLogger(__name__)
 
 FORMAT = "kosmos_g"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # "1": head counts in the config were derived, one per 64 channels
 TOKENIZER_SPM_KEY = "tokenizer.sentencepiece_model"
 TOKENIZER_DICT_KEY = "tokenizer.dict"
 _MAX_HEADER = 100 * 1024 * 1024
@@ -111,28 +113,51 @@ def _describe_foreign(path: Path, keys: list[str]) -> str:
 
 
 def read_header(path: str | os.PathLike) -> tuple[KosmosGConfig, dict[str, str]]:
-    """The config (detected from tensor shapes) and metadata of a pack checkpoint, without reading weights."""
+    """The config (stored, checked against the tensor shapes) and metadata of a pack checkpoint, without reading weights."""
     path = Path(path)
     entries, metadata = _read_entries(path)
     return _config_from(path, entries, metadata), metadata
+
+
+def heads_text(config: KosmosGConfig) -> str:
+    """The head counts of a config, for log lines: 'vision 16, MLLM 32, connector 32, AlignerNet 12'."""
+    text = f"vision {config.vision.heads}, MLLM {config.mllm.heads}, connector {config.connector.heads}"
+    return text + (f", AlignerNet {config.aligner.heads}" if config.aligner is not None else "")
+
+
+def _stored_config(path: Path, metadata: Mapping[str, str]) -> KosmosGConfig | None:
+    if "config" not in metadata:
+        return None
+    try:
+        return KosmosGConfig.from_dict(json.loads(metadata["config"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        log.warning("%s: unreadable config metadata ignored (%s); the architecture comes from tensor shapes", path, e)
+        return None
 
 
 def _config_from(path: Path, entries: Mapping[str, _Entry], metadata: Mapping[str, str]) -> KosmosGConfig:
     keys = list(entries)
     if metadata.get("format") != FORMAT and not any(k.startswith("gpt_model.decoder.") for k in keys):
         raise CheckpointError(_describe_foreign(path, keys))
-    max_positions = None
-    if "config" in metadata:
-        try:
-            max_positions = json.loads(metadata["config"])["mllm"]["max_positions"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s: unreadable config metadata ignored; the architecture comes from tensor shapes", path)
+    stored = _stored_config(path, metadata)
     try:
-        return detect_config({k: e.shape for k, e in entries.items()}, max_positions=max_positions)
+        detected = detect_config({k: e.shape for k, e in entries.items()})
     except KeyError as e:
         raise CheckpointError(f"{path} is incomplete: tensor {e} is missing") from None
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if stored is None:
+        log.info("%s stores no usable config: head counts assumed at one per %d channels (%s)", path, HEAD_DIM,
+                 heads_text(detected))
+        return detected
+    mismatches = shape_mismatches(stored, detected)
+    if mismatches:
+        raise CheckpointError(f"{path}: the config stored in the file does not match its tensors ("
+                              + "; ".join(mismatches) + "). The file is damaged or was edited; re-export it.")
+    if metadata.get("format_version") == "1":
+        log.info("%s is a format-1 file: its head counts (%s) were derived at one per %d channels when it was "
+                 "written, as they are read now", path, heads_text(stored), HEAD_DIM)
+    return stored
 
 
 def _check_keys(path: Path, model: nn.Module, entries: Mapping[str, _Entry]) -> None:
@@ -257,7 +282,9 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
                     dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> KosmosGConfig:
     """Write the pack format. `state_dict` uses the official key names (a KosmosG module is accepted too).
 
-    Floating tensors are cast to `dtype` when given. Returns the config detected from the shapes.
+    `config` (a module's own by default) is stored whole, after checking it against the tensor shapes; without one
+    the head counts are assumed (one per 64 channels). Floating tensors are cast to `dtype` when given. Returns the
+    stored config.
     """
     if isinstance(state_dict, KosmosG):
         tokenizer = tokenizer or state_dict.tokenizer
@@ -266,13 +293,19 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     if tokenizer is None:
         raise ValueError("save_checkpoint needs the tokenizer: the pack's file embeds it")
     state_dict = {k: v for k, v in state_dict.items() if k != "gpt_model.decoder.output_projection.weight"}
-    detected = detect_config({k: tuple(v.shape) for k, v in state_dict.items()},
-                             max_positions=config.mllm.max_positions if config else None)
+    detected = detect_config({k: tuple(v.shape) for k, v in state_dict.items()})
+    if config is None:
+        config = detected
+        log.info("save_checkpoint got no config: head counts assumed at one per %d channels (%s)", HEAD_DIM,
+                 heads_text(config))
+    mismatches = shape_mismatches(config, detected)
+    if mismatches:
+        raise ValueError(f"save_checkpoint {path}: the config does not match the tensors: " + "; ".join(mismatches))
     tensors = dict(state_dict)
     tensors[TOKENIZER_SPM_KEY] = torch.frombuffer(bytearray(tokenizer.spm_bytes), dtype=torch.uint8)
     tensors[TOKENIZER_DICT_KEY] = torch.frombuffer(bytearray(tokenizer.dict_bytes), dtype=torch.uint8)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(detected.to_dict())}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config.to_dict())}
     meta.update(metadata or {})
     write_safetensors(path, tensors, meta, dtype=dtype)
     log.info("Saved KOSMOS-G checkpoint %s", path)
-    return detected
+    return config

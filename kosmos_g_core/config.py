@@ -1,18 +1,26 @@
 """Architecture configs of KOSMOS-G, as frozen dataclasses with named presets.
 
 The official sizes follow the `kosmosg_xl` architecture of microsoft/unilm `kosmos-g/` (reference/kosmos_g.md §3, §4,
-§8). A checkpoint's config is always detected from its tensor shapes (`detect_config`), never from a file name.
-Head width is 64 in every attention of the model, so head counts are derived from widths.
+§8). A checkpoint's config is detected from its tensor shapes (`detect_config`), never from a file name. Shapes
+cannot say everything: head counts, the MLLM's maximum length and the dropouts (`UNSHAPED_FIELDS`) are stored in the
+pack's file, or given by the caller, or assumed (heads: one per 64 channels, the official head width).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+# The assumed head width when a file does not say the head counts: the official model uses 64 everywhere (MLLM
+# 2048/32, ViT 1024/16, connector 2048/32, AlignerNet 768/12), but a custom size need not.
 HEAD_DIM = 64
+
+
+def _check_heads(where: str, width: int, heads: int) -> None:
+    if not isinstance(heads, int) or heads < 1 or width % heads:
+        raise ValueError(f"{where}: {heads!r} attention heads do not divide its width {width}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,9 @@ class VisionConfig:
     layers: int = 24
     heads: int = 16
     mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        _check_heads("the vision transformer", self.width, self.heads)
 
     @property
     def num_positions(self) -> int:
@@ -47,6 +58,9 @@ class MLLMConfig:
     # memory_efficient_attention without a dropout probability (torchscale multihead_attention.py:159-161), so the
     # configured 0.1 never acts there.
     attention_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_heads("the MLLM", self.dim, self.heads)
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,15 @@ class AlignerConfig:
     max_positions: int = 32768
     with_decoder: bool = False  # AlignerNet N, only needed to train stage 2
 
+    def __post_init__(self) -> None:
+        _check_heads("AlignerNet", self.dim, self.heads)
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest MLLM sequence AlignerNet reads: token t uses position row 2 + t (torchscale's learned
+        positions keep rows 0 and 1 for padding), so two rows of the table are never used."""
+        return self.max_positions - 2
+
 
 @dataclass(frozen=True)
 class KosmosGConfig:
@@ -78,6 +101,9 @@ class KosmosGConfig:
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     aligner: AlignerConfig | None = field(default_factory=AlignerConfig)
+
+    def __post_init__(self) -> None:
+        _check_heads("the image connector", self.mllm.dim, self.connector.heads)
 
     @classmethod
     def official(cls) -> KosmosGConfig:
@@ -101,6 +127,14 @@ class KosmosGConfig:
         return self.connector.num_queries
 
     @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt (in MLLM positions, <s> and each image's 66 included) the whole model reads: the MLLM's
+        length and, when there is one, AlignerNet's. The one rule every length check uses."""
+        if self.aligner is None:
+            return self.mllm.max_positions
+        return min(self.mllm.max_positions, self.aligner.max_tokens)
+
+    @property
     def condition_shape(self) -> tuple[int, int]:
         if self.aligner is None:
             raise ValueError("this KOSMOS-G model has no AlignerNet, so it produces no diffusion conditioning")
@@ -119,16 +153,52 @@ class KosmosGConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KosmosGConfig:
-        aligner = d.get("aligner")
+        """The inverse of `to_dict`. A missing field takes its default; an unknown one is a ValueError naming it."""
+
+        def section(kind: type, name: str):
+            values = d.get(name)
+            if not isinstance(values, Mapping):
+                raise ValueError(f"config section '{name}' is {type(values).__name__}, expected a mapping")
+            unknown = sorted(set(values) - {f.name for f in fields(kind)})
+            if unknown:
+                raise ValueError(f"config section '{name}' has unknown field(s) {unknown}")
+            return kind(**values)
+
         return cls(
-            vision=VisionConfig(**d["vision"]),
-            mllm=MLLMConfig(**d["mllm"]),
-            connector=ConnectorConfig(**d["connector"]),
-            aligner=AlignerConfig(**aligner) if aligner is not None else None,
+            vision=section(VisionConfig, "vision"),
+            mllm=section(MLLMConfig, "mllm"),
+            connector=section(ConnectorConfig, "connector"),
+            aligner=section(AlignerConfig, "aligner") if d.get("aligner") is not None else None,
         )
 
 
 PRESETS: dict[str, KosmosGConfig] = {"official": KosmosGConfig.official(), "tiny": KosmosGConfig.tiny()}
+
+# The fields no tensor shape determines, per config section: a file must store them (the pack's does) or they are
+# given or assumed. Every other field is read from the shapes by `detect_config`.
+UNSHAPED_FIELDS: dict[str, tuple[str, ...]] = {
+    "vision": ("heads",),
+    "mllm": ("heads", "max_positions", "pad_id", "dropout", "attention_dropout"),
+    "connector": ("heads", "attention_dropout"),
+    "aligner": ("heads",),
+}
+
+
+def shape_mismatches(config: KosmosGConfig, detected: KosmosGConfig) -> list[str]:
+    """Every field the shapes determine on which `config` and `detected` (from the tensors) disagree, as text."""
+    if (config.aligner is None) != (detected.aligner is None):
+        has = "no AlignerNet" if config.aligner is None else "an AlignerNet"
+        return [f"aligner: the config has {has} but the tensors {'do not' if detected.aligner is None else 'do'}"]
+    out = []
+    for name, unshaped in UNSHAPED_FIELDS.items():
+        ours, theirs = getattr(config, name), getattr(detected, name)
+        if ours is None:
+            continue
+        for f in fields(ours):
+            if f.name not in unshaped and getattr(ours, f.name) != getattr(theirs, f.name):
+                out.append(f"{name}.{f.name} is {getattr(ours, f.name)!r} in the config but "
+                           f"{getattr(theirs, f.name)!r} in the tensors")
+    return out
 
 
 def _count_layers(shapes: Mapping[str, Sequence[int]], prefix: str) -> int:
@@ -145,12 +215,21 @@ def _shape(shapes: Mapping[str, Sequence[int]], key: str) -> tuple[int, ...]:
     return tuple(int(s) for s in shapes[key])
 
 
-def detect_config(shapes: Mapping[str, Sequence[int]], *, max_positions: int | None = None) -> KosmosGConfig:
+def detect_config(shapes: Mapping[str, Sequence[int]], *, max_positions: int | None = None,
+                  heads: Mapping[str, int] | None = None) -> KosmosGConfig:
     """Rebuild the architecture from a state dict's `{key: shape}` (official fairseq key names).
 
     Raises KeyError naming the first tensor that is needed and absent: callers turn it into a message about the file.
-    `max_positions` of the MLLM is not stored in any tensor (fairseq sinusoids are computed), so it can be given.
+    What no tensor holds is given: `max_positions` of the MLLM (fairseq sinusoids are computed), and `heads`, a
+    mapping from "vision", "mllm", "connector", "aligner" to head counts. A head count not given is one per
+    HEAD_DIM channels; the connector's defaults to the MLLM's, since the official XConnector is built with
+    `args.decoder_attention_heads` (kosmos-g/unilm/models/connector.py:64-66). A count that does not divide its
+    width is a ValueError.
     """
+    heads = dict(heads or {})
+    unknown = sorted(set(heads) - set(UNSHAPED_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown attention(s) {unknown} in heads; expected some of {sorted(UNSHAPED_FIELDS)}")
     conv = _shape(shapes, "img_model.visual.conv1.weight")  # (width, 3, patch, patch)
     width, patch = conv[0], conv[2]
     num_pos = _shape(shapes, "img_model.visual.positional_embedding")[0]
@@ -160,7 +239,7 @@ def detect_config(shapes: Mapping[str, Sequence[int]], *, max_positions: int | N
         patch_size=patch,
         width=width,
         layers=_count_layers(shapes, "img_model.visual.transformer.resblocks."),
-        heads=max(1, width // HEAD_DIM),
+        heads=heads.get("vision", max(1, width // HEAD_DIM)),
         mlp_ratio=_shape(shapes, "img_model.visual.transformer.resblocks.0.mlp.c_fc.weight")[0] // width,
     )
 
@@ -169,12 +248,12 @@ def detect_config(shapes: Mapping[str, Sequence[int]], *, max_positions: int | N
         vocab_size=vocab,
         dim=dim,
         layers=_count_layers(shapes, "gpt_model.decoder.layers."),
-        heads=max(1, dim // HEAD_DIM),
+        heads=heads.get("mllm", max(1, dim // HEAD_DIM)),
         ffn_dim=_shape(shapes, "gpt_model.decoder.layers.0.ffn.fc1.weight")[0],
         max_positions=max_positions or MLLMConfig.max_positions,
     )
     connector = ConnectorConfig(
-        num_queries=_shape(shapes, "img_connector.latent_query")[0], heads=max(1, dim // HEAD_DIM)
+        num_queries=_shape(shapes, "img_connector.latent_query")[0], heads=heads.get("connector", mllm.heads)
     )
 
     aligner = None
@@ -182,7 +261,7 @@ def detect_config(shapes: Mapping[str, Sequence[int]], *, max_positions: int | N
         queries, a_dim = _shape(shapes, "aligner.encoder_query")
         aligner = AlignerConfig(
             dim=a_dim,
-            heads=max(1, a_dim // HEAD_DIM),
+            heads=heads.get("aligner", max(1, a_dim // HEAD_DIM)),
             ffn_dim=_shape(shapes, "aligner.encoder_proj.layers.0.ffn.fc1.weight")[0],
             encoder_layers=_count_layers(shapes, "aligner.encoder_proj.layers."),
             decoder_layers=_count_layers(shapes, "aligner.encoder.layers."),

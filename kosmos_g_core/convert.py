@@ -1,11 +1,17 @@
 """`python -m kosmos_g_core.convert`: write the pack's one-file checkpoint from the official or a Kosmos-2 checkpoint.
 
     python -m kosmos_g_core.convert --official checkpoint_final.pt --spm sentencepiece.bpe.model --dict dict.txt \\
-        --out models/kosmos_g/kosmos-g.safetensors [--dtype fp16|bf16|fp32] [--keep-aligner-decoder]
+        --out models/kosmos_g/kosmos-g.safetensors [--dtype fp16|bf16|fp32] [--keep-aligner-decoder] \\
+        [--vision-heads N] [--mllm-heads N] [--aligner-heads N]
     python -m kosmos_g_core.convert --kosmos2 path/to/kosmos-2-patch14-224 --out models/kosmos_g/kosmos2_mllm.safetensors
 
+Inside ComfyUI, where `kosmos_g_core` is not importable on its own, `python custom_nodes/<pack>/convert.py` takes the
+same arguments.
+
 Every tensor the pack keeps is checked against the model its shapes describe (`detect_config`) before anything is
-written: a missing, extra or wrongly shaped tensor is an error naming the source and the keys.
+written: a missing, extra or wrongly shaped tensor is an error naming the source and the keys. Head counts are in no
+tensor: the MLLM's is read from the official file's training config when it has one, the others follow the official
+code unless given (`resolve_heads`), and the log says which were assumed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from .checkpoint import DTYPES_BY_NAME, CheckpointError, save_checkpoint
 from .config import KosmosGConfig, detect_config
 from .kosmos2_checkpoint import kosmos2_tokenizer_bytes, read_kosmos2_state_dict
 from .model import KosmosG
-from .official_checkpoint import ConversionError, map_official_state_dict, read_official_state_dict
+from .official_checkpoint import ConversionError, map_official_state_dict, read_official_checkpoint, resolve_heads
 from .tokenizer import KosmosTokenizer
 
 log = logging.getLogger(__name__)
@@ -35,29 +41,33 @@ DTYPES: dict[str, torch.dtype] = DTYPES_BY_NAME
 def _describe(config: KosmosGConfig) -> str:
     v, m = config.vision, config.mllm
     text = (
-        f"vision {v.layers}x{v.width} at {v.image_size}px/patch {v.patch_size}; "
-        f"MLLM {m.layers} layers x {m.dim} (FFN {m.ffn_dim}, vocab {m.vocab_size}); "
-        f"connector {config.connector.num_queries} queries; "
+        f"vision {v.layers}x{v.width} at {v.image_size}px/patch {v.patch_size}, {v.heads} heads; "
+        f"MLLM {m.layers} layers x {m.dim} (FFN {m.ffn_dim}, vocab {m.vocab_size}), {m.heads} heads; "
+        f"connector {config.connector.num_queries} queries, {config.connector.heads} heads; "
     )
     a = config.aligner
     if a is None:
         return text + "no AlignerNet (MLLM only)"
     n = f" + N ({a.decoder_layers} layers)" if a.with_decoder else ""
-    return text + f"AlignerNet M {a.encoder_layers}+{a.decoder_layers} layers x {a.dim}, {a.num_queries} queries{n}"
+    return (text + f"AlignerNet M {a.encoder_layers}+{a.decoder_layers} layers x {a.dim}, {a.heads} heads, "
+            f"{a.num_queries} queries{n}")
 
 
-def validate_state_dict(state: Mapping[str, torch.Tensor], source: str | Path) -> KosmosGConfig:
-    """Detect the config from the shapes and check the keys and shapes are exactly those of that model."""
+def validate_state_dict(state: Mapping[str, torch.Tensor], source: str | Path,
+                        heads: Mapping[str, int] | None = None) -> KosmosGConfig:
+    """Detect the config from the shapes (with `heads`, see `detect_config`) and check the keys and shapes are exactly
+    those of that model."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     try:
-        config = detect_config(shapes)
+        config = detect_config(shapes, heads=heads)
     except KeyError as e:
         raise ConversionError(
             f"{source}: the tensor {e} is missing, so the model's size cannot be read; the file is incomplete or not a "
             "KOSMOS-G checkpoint."
         ) from None
     except ValueError as e:
-        raise ConversionError(f"{source}: {e}") from None
+        raise ConversionError(f"{source}: {e} (head counts are set with --vision-heads, --mllm-heads and "
+                              "--aligner-heads)") from None
     with torch.device("meta"):  # shapes only, no memory
         expected = {k: tuple(v.shape) for k, v in KosmosG(config).state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
@@ -113,18 +123,27 @@ def convert_official(
     dtype: torch.dtype | None = None,
     keep_aligner_decoder: bool = False,
     overwrite: bool = False,
+    vision_heads: int | None = None,
+    mllm_heads: int | None = None,
+    aligner_heads: int | None = None,
 ) -> KosmosGConfig:
-    """Official fairseq checkpoint (final or stage-2 layout) -> the pack's .safetensors file. Returns its config."""
+    """Official fairseq checkpoint (final or stage-2 layout) -> the pack's .safetensors file. Returns its config.
+
+    `*_heads` give head counts the file does not hold (default: the official code's, see `resolve_heads`)."""
     source, output = Path(source), Path(output)
     _check_output(output, overwrite)
     for path, what in ((spm_path, "sentencepiece.bpe.model"), (dict_path, "dict.txt")):
         if not Path(path).is_file():
             raise ConversionError(f"{path}: no such file (expected the official KOSMOS-G {what})")
-    state = read_official_state_dict(source)
+    state, found = read_official_checkpoint(source)
     mapped = map_official_state_dict(state, keep_aligner_decoder=keep_aligner_decoder, source=source)
     del state
     log.info("dropped: %s", mapped.summary())
-    config = validate_state_dict(mapped.state_dict, source)
+    heads, notes = resolve_heads(source, {k: tuple(v.shape) for k, v in mapped.state_dict.items()}, found,
+                                 vision=vision_heads, mllm=mllm_heads, aligner=aligner_heads)
+    for note in notes:
+        log.info("head count: %s", note)
+    config = validate_state_dict(mapped.state_dict, source, heads)
     tokenizer = _tokenizer(Path(spm_path).read_bytes(), Path(dict_path).read_bytes(), config, str(spm_path))
     _save(output, mapped.state_dict, tokenizer, config, dtype, {"source": source.name, "converted_from": "official"})
     return config
@@ -149,9 +168,9 @@ def convert_kosmos2(
     return config
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kosmos_g_core.convert",
+        prog=prog,
         description="Write the KOSMOS-G pack's one-file .safetensors checkpoint (weights + config + tokenizer).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -170,24 +189,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-aligner-decoder", action="store_true",
                         help="stage-2 files: keep AlignerNet N (aligner.decoder*), e.g. to resume stage-2 training "
                              "(default: drop it; inference and stage 3 use only AlignerNet M)")
+    for name, default in (("vision", "one per 64 channels, as ViT-L-14: 16"),
+                          ("mllm", "the file's training config, else one per 64 channels: 32"),
+                          ("aligner", "12, fixed in the official AlignerNet")):
+        parser.add_argument(f"--{name}-heads", type=int, metavar="N",
+                            help=f"--official: attention heads of the {name.upper() if name == 'mllm' else name} "
+                                 f"(default: {default})")
     parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, prog: str = "python -m kosmos_g_core.convert") -> int:
+    """The command line; `prog` is how the usage line names the program (the pack's convert.py passes its own)."""
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     if args.official and not (args.spm and args.dict_path):
         parser.error("--official needs --spm sentencepiece.bpe.model and --dict dict.txt (the official tokenizer files)")
     if args.kosmos2 and args.keep_aligner_decoder:
         parser.error("--keep-aligner-decoder applies to official stage-2 files; Kosmos-2 has no AlignerNet")
+    if args.kosmos2 and any(h is not None for h in (args.vision_heads, args.mllm_heads, args.aligner_heads)):
+        parser.error("--vision-heads, --mllm-heads and --aligner-heads apply to --official files")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     dtype = DTYPES[args.dtype] if args.dtype else None
     try:
         if args.official:
             convert_official(args.official, args.out, args.spm, args.dict_path, dtype=dtype,
-                             keep_aligner_decoder=args.keep_aligner_decoder, overwrite=args.overwrite)
+                             keep_aligner_decoder=args.keep_aligner_decoder, overwrite=args.overwrite,
+                             vision_heads=args.vision_heads, mllm_heads=args.mllm_heads,
+                             aligner_heads=args.aligner_heads)
         else:
             convert_kosmos2(args.kosmos2, args.out, dtype=dtype, spm_path=args.spm, dict_path=args.dict_path,
                             overwrite=args.overwrite)

@@ -18,7 +18,7 @@ from .config import KosmosGConfig
 from .connector import Connector
 from .layers import LayerStack, Ops
 from .mllm import MLLM
-from .prompt import InterleavedPrompt, PromptBatch, collate
+from .prompt import InterleavedPrompt, PromptBatch, collate, negative_prompt
 from .tokenizer import KosmosTokenizer
 from .vision import VisionTransformer
 
@@ -103,12 +103,11 @@ class KosmosG(nn.Module):
     def collate(self, prompts: Sequence[PromptLike]) -> PromptBatch:
         prompts = [InterleavedPrompt.from_text(p) if isinstance(p, str) else p for p in prompts]
         return collate(prompts, self._require_tokenizer(), image_size=self.config.vision.image_size,
-                       image_tokens=self.config.image_tokens, max_length=self.config.mllm.max_positions)
+                       image_tokens=self.config.image_tokens, max_length=self.config.max_prompt_tokens)
 
     def null_condition(self, negative: str | None = None) -> torch.Tensor:
         """The unconditional embedding (1, 77, 768): M(MLLM([<s>])), or M(MLLM([<s>] + negative)) when given."""
-        # The negative is plain text ([<s>] + tokens, as app_model.py): a literal "<i>" in it is not an image slot.
-        return self.condition(self.collate([InterleavedPrompt((negative or "",))]))
+        return self.condition(self.collate([negative_prompt(negative)]))
 
     @torch.inference_mode()
     def encode(self, prompts: PromptLike | Sequence[PromptLike], negative: str | None = None) -> Conditioning:

@@ -39,7 +39,10 @@ __all__ = [
     "ConversionError",
     "OfficialMapping",
     "map_official_state_dict",
+    "OfficialHeads",
+    "read_official_checkpoint",
     "read_official_state_dict",
+    "resolve_heads",
     "safe_torch_load",
 ]
 
@@ -192,10 +195,19 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Also accepts a .safetensors file holding the official key names.
     """
+    return read_official_checkpoint(path)[0]
+
+
+def read_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], OfficialHeads]:
+    """`read_official_state_dict`, plus the MLLM head count when the file's training config holds it."""
     path = Path(path)
     if path.is_file() and _is_safetensors(path):
-        return _read_safetensors(path)
+        return _read_safetensors(path), OfficialHeads()
     state = safe_torch_load(path)
+    return _state_dict_of(path, state), _mllm_heads_in(path, state)
+
+
+def _state_dict_of(path: Path, state: Any) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping) and "model" in state:
         state = state["model"]
     elif isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
@@ -217,6 +229,95 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if others:
         raise ConversionError(f"{path}: the state dict has entries that are not tensors: {others[:10]}")
     return tensors
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Head counts: no tensor holds them. The MLLM's is in the training config of a fairseq file (when not stripped); the
+# others are fixed by the official code and taken as options here.
+
+# The ViT is open_clip's "ViT-L-14" (kosmos-g/unilm/models/kosmosg.py:527-531), whose config sets head_width 64
+# (open_clip/src/open_clip/model_configs/ViT-L-14.json): one head per 64 channels, 16 at width 1024.
+OFFICIAL_VISION_HEAD_WIDTH = 64
+# The MLLM of the kosmosg_xl architecture: 32 heads at width 2048 (kosmos-g/unilm/models/kosmosg.py:614-616), one per
+# 64 channels; used only when the file does not say.
+OFFICIAL_MLLM_HEAD_WIDTH = 64
+# AlignerNet's EncoderDecoderConfig is built without head counts (kosmos-g/unilm/models/aligner.py:16-19,73-76), so
+# torchscale's default of 12 applies whatever the width (kosmos-g/torchscale/torchscale/architecture/config.py:140-207).
+OFFICIAL_ALIGNER_HEADS = 12
+
+
+@dataclass(frozen=True)
+class OfficialHeads:
+    """The MLLM head count found in an official file, and where (e.g. "cfg['model']['decoder_attention_heads']")."""
+
+    mllm: int | None = None
+    where: str = ""
+
+
+def _field(container: Any, name: str) -> Any:
+    if isinstance(container, Mapping):
+        return container.get(name)
+    if isinstance(container, argparse.Namespace):
+        return getattr(container, name, None)
+    return None
+
+
+def _mllm_heads_in(path: Path, state: Any) -> OfficialHeads:
+    """`cfg['model']['decoder_attention_heads']` (fairseq with dataclass configs), else the legacy
+    `args.decoder_attention_heads`; the connector uses the same value (connector.py:64-66)."""
+    if not isinstance(state, Mapping):
+        return OfficialHeads()
+    found = ((_field(_field(state.get("cfg"), "model"), "decoder_attention_heads"),
+              "cfg['model']['decoder_attention_heads']"),
+             (_field(state.get("args"), "decoder_attention_heads"), "args.decoder_attention_heads"))
+    for value, where in found:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConversionError(f"{path}: {where} is {value!r}; expected a positive number of attention heads")
+        return OfficialHeads(value, where)
+    return OfficialHeads()
+
+
+def resolve_heads(source: str | Path, shapes: Mapping[str, typing.Sequence[int]], found: OfficialHeads, *,
+                  vision: int | None = None, mllm: int | None = None, aligner: int | None = None,
+                  ) -> tuple[dict[str, int], list[str]]:
+    """The head counts of an official model (for `detect_config`) and one line per attention saying where each
+    count came from. Given counts win over the official defaults; a given MLLM count that contradicts the file is an
+    error. Shapes are only read for the widths the defaults divide."""
+    if mllm is not None and found.mllm is not None and mllm != found.mllm:
+        raise ConversionError(f"{source}: --mllm-heads {mllm} contradicts the file, whose {found.where} is "
+                              f"{found.mllm}; leave the option out")
+    notes = []
+    heads: dict[str, int] = {}
+    embed = shapes.get("gpt_model.decoder.embed_tokens.weight")  # (vocab, MLLM width)
+    conv = shapes.get("img_model.visual.conv1.weight")  # (ViT width, 3, patch, patch)
+    if found.mllm is not None:
+        heads["mllm"] = found.mllm
+        notes.append(f"MLLM {found.mllm} heads (read from the file's {found.where})")
+    elif mllm is not None:
+        heads["mllm"] = mllm
+        notes.append(f"MLLM {mllm} heads (--mllm-heads)")
+    elif embed is not None:
+        heads["mllm"] = max(1, embed[1] // OFFICIAL_MLLM_HEAD_WIDTH)
+        notes.append(f"MLLM {heads['mllm']} heads (assumed: the file does not say; one per "
+                     f"{OFFICIAL_MLLM_HEAD_WIDTH} channels as the official model; --mllm-heads to change)")
+    if "mllm" in heads:
+        heads["connector"] = heads["mllm"]
+        notes.append(f"connector {heads['connector']} heads (the MLLM's, as the official XConnector)")
+    if vision is not None:
+        heads["vision"] = vision
+        notes.append(f"ViT {vision} heads (--vision-heads)")
+    elif conv is not None:
+        heads["vision"] = max(1, conv[0] // OFFICIAL_VISION_HEAD_WIDTH)
+        notes.append(f"ViT {heads['vision']} heads (assumed: one per {OFFICIAL_VISION_HEAD_WIDTH} channels as the "
+                     "official ViT-L-14; --vision-heads to change)")
+    if any(k.startswith("aligner.") for k in shapes):
+        heads["aligner"] = aligner if aligner is not None else OFFICIAL_ALIGNER_HEADS
+        how = ("--aligner-heads" if aligner is not None
+               else f"assumed: the official AlignerNet's fixed {OFFICIAL_ALIGNER_HEADS}; --aligner-heads to change")
+        notes.append(f"AlignerNet {heads['aligner']} heads ({how})")
+    return heads, notes
 
 
 def _examples(keys: typing.Iterable[str], n: int = 3) -> str:

@@ -188,6 +188,14 @@ class InterleavedPrompt:
         return tuple(before), "".join(pending)
 
 
+def negative_prompt(text: str | None) -> InterleavedPrompt:
+    """The negative as the official code reads it: `[<s>] + tokens(text)`, plain text with no image slot
+    (kosmos-g/unilm/models/kosmosg.py:343-351), so a literal "<i>" in it is text. "" or None is the null prompt."""
+    if text is not None and not isinstance(text, str):
+        raise PromptError(f"the negative must be text, got {type(text).__name__}")
+    return InterleavedPrompt((text or "",))
+
+
 def _as_prompt(prompt: InterleavedPrompt | str) -> InterleavedPrompt:
     if isinstance(prompt, InterleavedPrompt):
         return prompt
@@ -252,6 +260,27 @@ class PromptBatch:
         )
 
 
+def _check_rows(rows: Sequence[Sequence[int]], prompts: Sequence[InterleavedPrompt], max_length: int,
+                image_tokens: int, what: str) -> None:
+    for number, (ids, prompt) in enumerate(zip(rows, prompts, strict=True), start=1):
+        if len(ids) > max_length:
+            which = f"the {what}" if len(rows) == 1 else f"{what} {number} of the batch of {len(rows)}"
+            raise PromptError(
+                f"{which} is {len(ids)} tokens long ({_plural(prompt.num_images, 'image')} x {image_tokens + 2} "
+                f"positions + text) but this KOSMOS-G model reads at most {max_length}; shorten the text or use "
+                "fewer images"
+            )
+
+
+def check_lengths(prompts: Sequence[InterleavedPrompt | str], tokenizer: KosmosTokenizer, max_length: int,
+                  image_tokens: int = 64, what: str = "prompt") -> None:
+    """Refuse a prompt longer than `max_length` positions (`KosmosGConfig.max_prompt_tokens`), saying by how much
+    and what to cut; `what` names the prompt in the message ("prompt", "negative text")."""
+    prompt_list = [_as_prompt(p) for p in prompts]
+    rows = [prompt_tokens(p, tokenizer, image_tokens)[0] for p in prompt_list]
+    _check_rows(rows, prompt_list, max_length, image_tokens, what)
+
+
 def collate(
     prompts: Sequence[InterleavedPrompt | str] | InterleavedPrompt | str,
     tokenizer: KosmosTokenizer,
@@ -261,7 +290,7 @@ def collate(
 ) -> PromptBatch:
     """Tokenize and preprocess prompts into one right-padded :class:`PromptBatch`.
 
-    Raises :class:`PromptError` when a prompt is longer than ``max_length`` tokens.
+    Raises :class:`PromptError` when a prompt is longer than ``max_length`` tokens (as :func:`check_lengths`).
     """
     if isinstance(prompts, (InterleavedPrompt, str)):
         prompts = [prompts]
@@ -270,12 +299,7 @@ def collate(
         raise PromptError("no prompts given; expected at least one (the unconditional prompt is the empty string)")
     rows = [prompt_tokens(p, tokenizer, image_tokens) for p in prompt_list]
     if max_length is not None:
-        for number, (ids, _) in enumerate(rows, start=1):
-            if len(ids) > max_length:
-                raise PromptError(
-                    f"prompt {number} of {len(rows)} is {len(ids)} tokens long but max_length is {max_length} "
-                    f"(each image takes {image_tokens + 2} positions); shorten the text or use fewer images"
-                )
+        _check_rows([ids for ids, _ in rows], prompt_list, max_length, image_tokens, "prompt")
     length = max(len(ids) for ids, _ in rows)
     tokens = torch.full((len(rows), length), tokenizer.PAD, dtype=torch.long)
     image_mask = torch.zeros((len(rows), length), dtype=torch.bool)

@@ -50,8 +50,8 @@ class KosmosGCheckModel(io.ComfyNode):
             category=CATEGORY_UTILS,
             description=(
                 "Passes the MODEL through unchanged if it takes KOSMOS-G's 768-d conditioning (Stable Diffusion 1.5 "
-                "and fine-tunes); otherwise stops with a plain explanation instead of a 'mat1 and mat2 shapes "
-                "cannot be multiplied' error deep in KSampler."
+                "and fine-tunes); otherwise stops with a plain explanation instead of KSampler's KeyError "
+                "'pooled_output' (SDXL) or 'mat1 and mat2 shapes cannot be multiplied' (SD2)."
             ),
             search_aliases=["sd1.5 check", "model check"],
             inputs=[io.Model.Input("model", tooltip="The MODEL that will be sampled with KOSMOS-G conditioning.")],

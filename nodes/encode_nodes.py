@@ -36,7 +36,8 @@ class KosmosGEncode(io.ComfyNode):
                     multiline=True,
                     default="",
                     tooltip="Optional negative text. Empty (recommended, as in the paper) gives KOSMOS-G's null "
-                    "embedding; text gives the embedding of that text instead.",
+                    "embedding; text gives the embedding of that text instead. It is plain text, as in the official "
+                    "code: a <i> here is read as the characters, not as an image.",
                 ),
             ],
             outputs=[

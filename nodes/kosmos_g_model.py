@@ -19,9 +19,10 @@ import torch
 
 from ..kosmos_g_core.checkpoint import CheckpointError, load_checkpoint, read_header
 from ..kosmos_g_core.model import KosmosG
+from ..kosmos_g_core.prompt import check_lengths, negative_prompt
 from .load_errors import mllm_only_message, not_kosmos_message
 from .precision import dtype_from_choice
-from .prompt_inputs import Prompts, check_lengths, text_prompt
+from .prompt_inputs import Prompts
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,12 @@ class EagerOps(comfy.ops.manual_cast):
             return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 
-class PatcherRoot(torch.nn.Module):
+class KosmosGEncoder(torch.nn.Module):
     """The module the ModelPatcher manages: the core model as its only child.
 
     ModelPatcher writes bookkeeping attributes on the module it manages (`device`, `model_loaded_weight_memory`,
-    `model_lowvram`, ...); KosmosG has a read-only `device` property, so it must not be that module.
+    `model_lowvram`, ...); KosmosG has a read-only `device` property, so it must not be that module. ComfyUI's log
+    names loaded models by this class's name ("Requested to load KosmosGEncoder"), so it says what is loaded.
     """
 
     def __init__(self, kosmos_g: KosmosG):
@@ -68,25 +70,16 @@ class KosmosGModel:
     def model(self) -> KosmosG:
         return self.patcher.model.kosmos_g
 
-    @property
-    def max_tokens(self) -> int:
-        """The longest prompt the model reads: the MLLM's positions, and the AlignerNet's position table."""
-        config = self.model.config
-        limits = [config.mllm.max_positions]
-        if config.aligner is not None:
-            limits.append(config.aligner.max_positions)
-        return min(limits)
-
     def encode(self, prompts: Prompts, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts (B of them) -> (cond, uncond), both (B, 77, 768) on the intermediate device.
 
         uncond is KOSMOS-G's null embedding M(MLLM([<s>])), or of [<s>] + `negative` when a negative text is given.
         """
         model = self.model
-        image_tokens = model.config.image_tokens
-        check_lengths(prompts, model.tokenizer, self.max_tokens, image_tokens)
-        if negative:
-            check_lengths(text_prompt(negative), model.tokenizer, self.max_tokens, image_tokens)
+        # Checked before the weights move to the GPU, with the core's rule and limit (the core checks again).
+        limit, image_tokens = model.config.max_prompt_tokens, model.config.image_tokens
+        check_lengths(prompts, model.tokenizer, limit, image_tokens)
+        check_lengths([negative_prompt(negative)], model.tokenizer, limit, image_tokens, what="negative text")
         mm.load_models_gpu([self.patcher])
         result = model.encode(list(prompts), negative=negative or None)
         device, dtype = mm.intermediate_device(), mm.intermediate_dtype()
@@ -125,7 +118,7 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
 
     # The classic ModelPatcher (as ComfyUI uses for text encoders with dynamic VRAM disabled): the dynamic one
     # expects weights assigned lazily from a memory-mapped state dict, which is not how the core loads.
-    patcher = comfy.model_patcher.ModelPatcher(PatcherRoot(model), load_device=load_device,
+    patcher = comfy.model_patcher.ModelPatcher(KosmosGEncoder(model), load_device=load_device,
                                                offload_device=offload_device)
     report(3, steps)
     log.info("KOSMOS-G %s: %s weights, load device %s, offload device %s", name, dtype, load_device, offload_device)

@@ -11,13 +11,19 @@ from comfy_api.latest import io
 from .comfy_types import CATEGORY_LOADERS, KosmosGType
 from .kosmos_g_model import load_kosmos_g
 from .load_errors import missing_file_message
-from .model_folder import FOLDER_NAME
+from .model_folder import FOLDER_NAME, unconverted_files
 from .precision import DTYPE_CHOICES
 
 
 def _find(model_name: str) -> str | None:
     path = folder_paths.get_full_path(FOLDER_NAME, model_name)
     return path if path and os.path.isfile(path) else None
+
+
+def _missing(model_name: str) -> str:
+    folders = folder_paths.get_folder_paths(FOLDER_NAME)
+    return missing_file_message(model_name, folders, folder_paths.get_filename_list(FOLDER_NAME),
+                                unconverted_files(folders))
 
 
 class KosmosGLoader(io.ComfyNode):
@@ -37,8 +43,8 @@ class KosmosGLoader(io.ComfyNode):
                 io.Combo.Input(
                     "model_name",
                     options=folder_paths.get_filename_list(FOLDER_NAME),
-                    tooltip="A KOSMOS-G .safetensors file in models/kosmos_g/ (made by the converter or the trainer). "
-                    "Press R to refresh the list after adding a file.",
+                    tooltip="A KOSMOS-G .safetensors file in models/kosmos_g/ (made by the converter or the trainer; "
+                    "an official .pt is not listed until converted). Press R to refresh the list after adding a file.",
                 ),
                 io.Combo.Input(
                     "dtype",
@@ -52,14 +58,12 @@ class KosmosGLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str, dtype: str = "auto") -> bool | str:
-        # Replaces ComfyUI's generic "value not in list" with which folders were searched and what to do.
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        # Replaces ComfyUI's generic "value not in list" with which folders were searched and what to do. Only
+        # model_name is a parameter: ComfyUI files a failed custom validation once per parameter (the frontend then
+        # showed the missing file three times, and on the dtype widget), and it checks dtype against its list itself.
         if not isinstance(model_name, str) or _find(model_name) is None:
-            return missing_file_message(
-                str(model_name), folder_paths.get_folder_paths(FOLDER_NAME), folder_paths.get_filename_list(FOLDER_NAME)
-            )
-        if dtype not in DTYPE_CHOICES:
-            return f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}"
+            return _missing(str(model_name))
         return True
 
     @classmethod
@@ -67,7 +71,7 @@ class KosmosGLoader(io.ComfyNode):
         folders = folder_paths.get_folder_paths(FOLDER_NAME)
         path = _find(model_name)
         if path is None:
-            raise FileNotFoundError(missing_file_message(model_name, folders, folder_paths.get_filename_list(FOLDER_NAME)))
+            raise FileNotFoundError(_missing(model_name))
         bar = comfy.utils.ProgressBar(3)
         model = load_kosmos_g(path, model_name, dtype, folders, progress=lambda done, total: bar.update_absolute(done, total))
         return io.NodeOutput(model)

@@ -15,6 +15,9 @@ from types import ModuleType
 FOLDER_NAME = "kosmos_g"
 # The pack's checkpoints are single safetensors files; `.sft` is the short spelling ComfyUI also accepts.
 EXTENSIONS = frozenset({".safetensors", ".sft"})
+# What the official KOSMOS-G files are (fairseq torch.save pickles): never listed, but named in errors, since a user
+# who dropped checkpoint_final.pt here otherwise sees an empty dropdown and no reason.
+UNCONVERTED_EXTENSIONS = (".pt", ".pth")
 
 
 def default_folder(folder_paths: ModuleType) -> str:
@@ -41,3 +44,13 @@ def searched_folders_text(folders: list[str]) -> str:
     if not folders:
         return "no folder is registered for 'kosmos_g'"
     return ", ".join(folders)
+
+
+def unconverted_files(folders: list[str]) -> list[str]:
+    """Absolute paths of the `.pt`/`.pth` files in the folders (and their subfolders, as ComfyUI lists them)."""
+    found = []
+    for folder in folders:
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(UNCONVERTED_EXTENSIONS)]
+    return found

@@ -23,14 +23,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..kosmos_g_core.prompt import PLACEHOLDER, InterleavedPrompt, PromptError, PromptImage, prompt_tokens
-from ..kosmos_g_core.tokenizer import KosmosTokenizer
+from ..kosmos_g_core.prompt import PLACEHOLDER, InterleavedPrompt, PromptError, PromptImage
 
 # The vision tower resizes every image to 224x224; below this a "reference image" carries no subject to speak of
 # (a 1x1 image is almost always a wiring mistake, e.g. an empty mask turned into an image).
 MIN_IMAGE_SIDE = 16
-# Each image takes its 64 slots plus <image> and </image> in the official token layout.
-IMAGE_POSITIONS = 66
 MAX_IMAGE_INPUTS = 4
 
 Prompts = tuple[InterleavedPrompt, ...]
@@ -186,22 +183,3 @@ def text_prompt(text: str) -> Prompts:
             "no images; use Interleaved Prompt Builder + KOSMOS-G Encode for prompts with images"
         )
     return (InterleavedPrompt.from_text(text),)
-
-
-def prompt_length(prompt: InterleavedPrompt, tokenizer: KosmosTokenizer, image_tokens: int = 64) -> int:
-    """Number of MLLM positions the prompt takes (including <s> and every image's 66 positions)."""
-    ids, _ = prompt_tokens(prompt, tokenizer, image_tokens)
-    return len(ids)
-
-
-def check_lengths(prompts: Prompts, tokenizer: KosmosTokenizer, max_tokens: int, image_tokens: int = 64) -> None:
-    """Refuse a prompt longer than the model reads, saying by how much and what to cut."""
-    for number, prompt in enumerate(prompts, start=1):
-        length = prompt_length(prompt, tokenizer, image_tokens)
-        if length > max_tokens:
-            which = "the prompt" if len(prompts) == 1 else f"prompt {number} of the batch of {len(prompts)}"
-            positions = image_tokens + 2
-            raise PromptError(
-                f"{which} is {length} tokens long ({prompt.num_images} image(s) x {positions} positions + text) but "
-                f"this KOSMOS-G model reads at most {max_tokens}; shorten the text or use fewer images"
-            )

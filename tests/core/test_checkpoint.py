@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import struct
 
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from kosmos_g_core.checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint, write_safetensors
-from kosmos_g_core.config import KosmosGConfig
+from kosmos_g_core.config import AlignerConfig, ConnectorConfig, KosmosGConfig, MLLMConfig, VisionConfig
 from kosmos_g_core.model import KosmosG
 from kosmos_g_core.prompt import InterleavedPrompt
 
@@ -55,7 +57,7 @@ def test_file_is_standard_safetensors_with_tokenizer_and_config(tiny_file, token
     assert bytes(spm.numpy()) == (tokenizer_dir / "sentencepiece.bpe.model").read_bytes()
     assert "gpt_model.decoder.output_projection.weight" not in keys
     config, metadata = read_header(tiny_file)
-    assert config == KosmosGConfig.tiny() and metadata["format_version"] == "1"
+    assert config == KosmosGConfig.tiny() and metadata["format_version"] == "2"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -141,3 +143,91 @@ def test_missing_tokenizer(tiny_file, tmp_path):
     _rewrite(tiny_file, bad, drop={"tokenizer.dict"})
     with pytest.raises(CheckpointError, match="no tokenizer"):
         load_checkpoint(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The file keeps the whole architecture: head counts (which no tensor shape says) and every other hyper-parameter
+
+
+def _unusual_config() -> KosmosGConfig:
+    """Tiny, with head widths other than 64 in every attention and every non-shape field changed."""
+    return KosmosGConfig(
+        vision=VisionConfig(image_size=28, patch_size=14, width=64, layers=2, heads=4),  # head width 16
+        mllm=MLLMConfig(dim=128, layers=2, heads=4, ffn_dim=256, max_positions=1024, dropout=0.05,
+                        attention_dropout=0.02),  # head width 32
+        connector=ConnectorConfig(num_queries=64, heads=8, attention_dropout=0.03),  # head width 16
+        aligner=AlignerConfig(dim=768, heads=8, ffn_dim=256, encoder_layers=1, decoder_layers=1,
+                              max_positions=512),  # head width 96, in AlignerNet's encoder and query decoder
+    )
+
+
+def test_every_hyper_parameter_round_trips_at_other_head_widths(kosmos_tokenizer, tmp_path):
+    config = _unusual_config()
+    torch.manual_seed(0)
+    model = KosmosG(config).eval()
+    model.tokenizer = kosmos_tokenizer
+    path = tmp_path / "unusual.safetensors"
+    assert save_checkpoint(path, model) == config
+    assert read_header(path)[0] == config
+    loaded = load_checkpoint(path)
+    assert loaded.config == config
+    prompt = _prompt()
+    expected = model.encode(prompt, negative="blurry")
+    got = loaded.encode(prompt, negative="blurry")
+    assert torch.equal(got.cond, expected.cond) and torch.equal(got.uncond, expected.uncond)
+
+    # The same weights with one head per 64 channels (what the file used to come back as) condition differently,
+    # so the equality above does depend on the stored head counts.
+    derived = dataclasses.replace(config, vision=dataclasses.replace(config.vision, heads=1),
+                                  mllm=dataclasses.replace(config.mllm, heads=2),
+                                  connector=dataclasses.replace(config.connector, heads=2),
+                                  aligner=dataclasses.replace(config.aligner, heads=12))
+    wrong = KosmosG(derived).eval()
+    wrong.load_state_dict(model.state_dict())
+    wrong.tokenizer = kosmos_tokenizer
+    assert (wrong.encode(prompt).cond - expected.cond).abs().max() > 1e-3
+
+
+def test_format_1_file_loads_with_the_heads_it_was_saved_with(tiny_file, tmp_path, caplog):
+    """Files written before head counts were stored kept a config whose heads were one per 64 channels."""
+    with safe_open(tiny_file, framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = "1"
+    old = tmp_path / "format1.safetensors"
+    _rewrite(tiny_file, old, metadata=meta)
+    with caplog.at_level(logging.INFO, logger="kosmos_g_core.checkpoint"):
+        assert load_checkpoint(old).config == KosmosGConfig.tiny()
+    assert "format-1 file" in caplog.text and "one per 64 channels" in caplog.text
+
+
+def test_file_without_config_gets_assumed_heads_and_says_so(tiny_file, tmp_path, caplog):
+    bare = tmp_path / "bare.safetensors"
+    _rewrite(tiny_file, bare, metadata={"format": "kosmos_g"})
+    with caplog.at_level(logging.INFO, logger="kosmos_g_core.checkpoint"):
+        assert load_checkpoint(bare).config == KosmosGConfig.tiny()
+    assert "head counts assumed at one per 64 channels (vision 1, MLLM 2, connector 2, AlignerNet 12)" in caplog.text
+
+
+def test_stored_config_that_contradicts_the_tensors_is_refused(tiny_file, tmp_path):
+    with safe_open(tiny_file, framework="pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    config["mllm"]["ffn_dim"] = 512
+    meta["config"] = json.dumps(config)
+    bad = tmp_path / "edited.safetensors"
+    _rewrite(tiny_file, bad, metadata=meta)
+    with pytest.raises(CheckpointError, match=r"edited\.safetensors: the config stored .*\(mllm\.ffn_dim is 512"):
+        load_checkpoint(bad)
+
+
+def test_saving_a_config_that_contradicts_the_tensors_is_refused(tiny, tmp_path):
+    config = dataclasses.replace(tiny.config, connector=ConnectorConfig(num_queries=32, heads=2))
+    with pytest.raises(ValueError, match="connector.num_queries is 32 in the config but 64 in the tensors"):
+        save_checkpoint(tmp_path / "x.safetensors", tiny.state_dict(), tiny.tokenizer, config)
+
+
+def test_head_counts_must_divide_the_width():
+    with pytest.raises(ValueError, match="the MLLM: 3 attention heads do not divide its width 128"):
+        MLLMConfig(dim=128, heads=3)
+    with pytest.raises(ValueError, match="the image connector: 5 attention heads"):
+        dataclasses.replace(KosmosGConfig.tiny(), connector=ConnectorConfig(heads=5))

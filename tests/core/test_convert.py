@@ -4,6 +4,7 @@ tiny dims, fp16 as released, with the extras real files carry) -> the pack's fil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import re
@@ -160,11 +161,13 @@ def _official_weights(stage2: bool) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_official(path, weights: dict[str, torch.Tensor], stage2: bool, trainer: bool = False) -> None:
+def write_official(path, weights: dict[str, torch.Tensor], stage2: bool, trainer: bool = False,
+                   extra: dict | None = None) -> None:
+    """`extra` adds top-level entries (a training config holding the MLLM's head count, say)."""
     cfg = TINY_STAGE2 if stage2 else KosmosGConfig.tiny()
     model = dict(weights)
     model.update(official_extras(cfg, weights["gpt_model.decoder.embed_tokens.weight"], stage2))
-    state = {"model": model}
+    state = {"model": model, **(extra or {})}
     if trainer:  # a full fairseq trainer checkpoint rather than a stripped one
         state.update({
             "args": argparse.Namespace(arch="kosmosg_xl"), "cfg": {"model": {"_name": "kosmosg_xl"}},
@@ -219,6 +222,11 @@ def test_final_checkpoint_converts_loads_strictly_and_encodes(tmp_path, tokenize
         assert main(["--official", str(source), *tokenizer_args(tokenizer_dir), "--out", str(out),
                      "--dtype", "fp32"]) == 0
     assert "detected config" in caplog.text and "AlignerNet M 1+1 layers x 768" in caplog.text
+    # A stripped file holds no head count: each one is assumed as the official code does, and the log says so.
+    for note in ("MLLM 2 heads (assumed: the file does not say; one per 64 channels",
+                 "connector 2 heads (the MLLM's", "ViT 1 heads (assumed: one per 64 channels",
+                 "AlignerNet 12 heads (assumed: the official AlignerNet's fixed 12"):
+        assert note in caplog.text, note
 
     model = load_checkpoint(out)
     assert model.config == KosmosGConfig.tiny()
@@ -245,6 +253,51 @@ def test_full_trainer_checkpoint_converts(tmp_path, tokenizer_dir):
     assert main(["--official", str(source), *tokenizer_args(tokenizer_dir), "--out", str(out)]) == 0
     state = load_checkpoint(out).state_dict()
     assert set(state) == set(weights) and all(torch.equal(state[k], v) for k, v in weights.items())
+
+
+@pytest.mark.parametrize("holder", [
+    {"cfg": {"model": {"_name": "kosmosg_xl", "decoder_attention_heads": 4}}},
+    {"args": argparse.Namespace(arch="kosmosg_xl", decoder_attention_heads=4), "cfg": None},
+], ids=["cfg", "legacy_args"])
+def test_head_counts_from_the_file_and_the_options(tmp_path, tokenizer_dir, kosmos_tokenizer, caplog, holder):
+    """The MLLM's head count comes from the file (the connector shares it, as in the official XConnector); the ViT's
+    and AlignerNet's, which official files do not hold, from the options. The file converts to that model."""
+    weights = official_weights(stage2=False)
+    source, out = tmp_path / "checkpoint_last.pt", tmp_path / "kosmos_g.safetensors"
+    write_official(source, weights, stage2=False, extra=holder)
+    with caplog.at_level(logging.INFO, logger="kosmos_g_core.convert"):
+        assert main(["--official", str(source), *tokenizer_args(tokenizer_dir), "--out", str(out), "--dtype", "fp32",
+                     "--vision-heads", "4", "--aligner-heads", "8"]) == 0
+    where = "cfg['model']['decoder_attention_heads']" if "args" not in holder else "args.decoder_attention_heads"
+    assert f"MLLM 4 heads (read from the file's {where})" in caplog.text
+    assert "ViT 4 heads (--vision-heads)" in caplog.text and "AlignerNet 8 heads (--aligner-heads)" in caplog.text
+
+    tiny = KosmosGConfig.tiny()
+    expected_config = dataclasses.replace(
+        tiny, vision=dataclasses.replace(tiny.vision, heads=4), mllm=dataclasses.replace(tiny.mllm, heads=4),
+        connector=dataclasses.replace(tiny.connector, heads=4), aligner=dataclasses.replace(tiny.aligner, heads=8))
+    model = load_checkpoint(out)
+    assert model.config == expected_config
+    prompt_images = images()
+    expected = reference_model(weights, expected_config, kosmos_tokenizer).encode(_prompt(prompt_images))
+    torch.testing.assert_close(model.encode(_prompt(prompt_images)).cond, expected.cond, rtol=0, atol=0)
+
+
+def test_mllm_heads_option_must_agree_with_the_file(tmp_path, tokenizer_dir, caplog):
+    source = tmp_path / "checkpoint_last.pt"
+    write_official(source, official_weights(stage2=False), stage2=False,
+                   extra={"cfg": {"model": {"decoder_attention_heads": 4}}})
+    with caplog.at_level(logging.ERROR, logger="kosmos_g_core.convert"):
+        assert main(["--official", str(source), *tokenizer_args(tokenizer_dir), "--out", str(tmp_path / "o.sft"),
+                     "--mllm-heads", "2"]) == 2
+    assert "--mllm-heads 2 contradicts the file, whose cfg['model']['decoder_attention_heads'] is 4" in caplog.text
+
+
+def test_head_count_that_does_not_divide_the_width_is_refused(tmp_path, tokenizer_dir, caplog):
+    source = tmp_path / "checkpoint_final.pt"
+    write_official(source, official_weights(stage2=False), stage2=False)
+    text = _convert_error(tmp_path, tokenizer_dir, source, caplog, "--aligner-heads", "7")
+    assert "AlignerNet: 7 attention heads do not divide its width 768" in text and "--aligner-heads" in text
 
 
 def _prompt(prompt_images):
@@ -292,10 +345,10 @@ def test_stage2_checkpoint_drops_or_keeps_aligner_decoder(tmp_path, tokenizer_di
 # Wrong files: each error names the file and what was expected, and nothing is written
 
 
-def _convert_error(tmp_path, tokenizer_dir, source, caplog) -> str:
+def _convert_error(tmp_path, tokenizer_dir, source, caplog, *options: str) -> str:
     out = tmp_path / "never.safetensors"
     with caplog.at_level(logging.ERROR, logger="kosmos_g_core.convert"):
-        assert main(["--official", str(source), *tokenizer_args(tokenizer_dir), "--out", str(out)]) == 2
+        assert main(["--official", str(source), *tokenizer_args(tokenizer_dir), "--out", str(out), *options]) == 2
     assert not out.exists()
     assert str(source) in caplog.text
     return caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from PIL import Image
 from kosmos_g_core.config import KosmosGConfig, detect_config
 from kosmos_g_core.mllm import sinusoidal_positions
 from kosmos_g_core.model import KosmosG
-from kosmos_g_core.prompt import InterleavedPrompt
+from kosmos_g_core.prompt import InterleavedPrompt, PromptError, check_lengths, negative_prompt, prompt_tokens
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,46 @@ def test_unconditional_embedding_is_the_null_prompt(tiny_model):
     assert torch.allclose(out.uncond, null.expand(2, -1, -1), atol=1e-6)
     neg = tiny_model.encode("a dog", negative="blurry").uncond
     assert not torch.allclose(neg, out.uncond[:1])
+
+
+def test_a_literal_placeholder_in_the_negative_is_text(tiny_model, kosmos_tokenizer):
+    """The official negative is [<s>] + tokens(text): "<i>" there is three characters, not an image slot."""
+    batch = tiny_model.collate([negative_prompt("no <i> here")])
+    assert batch.tokens[0].tolist() == [0, *kosmos_tokenizer.encode("no <i> here")]
+    assert not batch.image_mask.any()
+    assert torch.equal(tiny_model.encode("a dog", negative="no <i> here").uncond[0],
+                       tiny_model.condition(batch)[0])
+
+
+def _text_of_length(tokenizer, length: int) -> str:
+    """A text prompt taking exactly `length` positions (<s> included)."""
+    text = " ".join(["dog"] * (length - 1))
+    assert len(prompt_tokens(text, tokenizer)[0]) == length
+    return text
+
+
+def test_prompt_length_limit_is_the_config_s_and_holds_through_the_model(kosmos_tokenizer):
+    """AlignerNet reads max_positions - 2 tokens (rows 0-1 of its position table are never used), so with a 512-row
+    table the limit is 510, not 512: a prompt at the limit encodes, one past it is refused by the length check."""
+    config = dataclasses.replace(KosmosGConfig.tiny(), mllm=dataclasses.replace(KosmosGConfig.tiny().mllm,
+                                                                                  max_positions=600))
+    assert config.max_prompt_tokens == config.aligner.max_tokens == 510
+    assert dataclasses.replace(config, mllm=dataclasses.replace(config.mllm, max_positions=300)).max_prompt_tokens \
+        == 300
+    assert config.without_aligner().max_prompt_tokens == 600
+    torch.manual_seed(0)
+    model = KosmosG(config).eval()
+    model.tokenizer = kosmos_tokenizer
+    at_limit, over = _text_of_length(kosmos_tokenizer, 510), _text_of_length(kosmos_tokenizer, 511)
+    check_lengths([at_limit], kosmos_tokenizer, config.max_prompt_tokens)
+    assert model.encode(at_limit).cond.shape == (1, 77, 768)
+    message = "the prompt is 511 tokens long (0 images x 66 positions + text) but this KOSMOS-G model reads at most 510"
+    with pytest.raises(PromptError, match=re.escape(message)):
+        check_lengths([over], kosmos_tokenizer, config.max_prompt_tokens)
+    with pytest.raises(PromptError, match="prompt 2 of the batch of 2 is 511 tokens long"):
+        model.encode(["a dog", over])
+    with pytest.raises(PromptError, match="the negative text is 511 tokens long"):
+        check_lengths([negative_prompt(over)], kosmos_tokenizer, config.max_prompt_tokens, what="negative text")
 
 
 def test_mllm_only_model_refuses_to_condition(kosmos_tokenizer):

@@ -198,7 +198,8 @@ def test_collate_without_images_and_single_prompt(kosmos_tokenizer):
 
 def test_collate_max_length_error_names_both_numbers(kosmos_tokenizer):
     prompt = InterleavedPrompt.from_text("<i> wearing <i>", [solid((0, 0, 0))] * 2)
-    with pytest.raises(PromptError, match="prompt 2 of 2 is 134 tokens long but max_length is 100"):
+    with pytest.raises(PromptError, match=r"prompt 2 of the batch of 2 is 134 tokens long \(2 images x 66 positions "
+                                          r"\+ text\) but this KOSMOS-G model reads at most 100"):
         collate(["short", prompt], kosmos_tokenizer, image_size=28, max_length=100)
     assert collate([prompt], kosmos_tokenizer, image_size=28, max_length=134).tokens.shape == (1, 134)
 

@@ -9,6 +9,9 @@
   prompt's history, so conditioning can be checked without paying for a U-Net run.
 * KosmosGTestImage: an IMAGE of any size / channel count (a 4-channel RGBA or 1-channel greyscale IMAGE, a 1x1
   image), which no stock node makes, to try the pack's input checks.
+* KosmosGTestTinyUNet: a MODEL that ComfyUI treats as SDXL or SD2 (its own model classes and unet_config keys) at a
+  tiny width with uninitialised weights, to see what a user who wires KOSMOS-G into them is told;
+  KosmosGTestLatentSink is an output node for its KSampler.
 """
 
 import json
@@ -72,5 +75,55 @@ class KosmosGTestConditioningInfo:
         return {"ui": {"a": describe(a), "b": describe(b) if b is not None else []}}
 
 
+class KosmosGTestLatentSink:
+    """An output node taking a LATENT, so a KSampler runs without a VAE."""
+
+    CATEGORY = "kosmos_g_tests"
+    RETURN_TYPES = ()
+    FUNCTION = "sink"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    def sink(self, samples):
+        return {"ui": {"shape": [list(samples["samples"].shape)]}}
+
+
+class KosmosGTestTinyUNet:
+    CATEGORY = "kosmos_g_tests"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (["SDXL", "SD2"],)}}
+
+    def make(self, family):
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.supported_models
+
+        # The family's real unet_config keys at two levels of 64 channels: SDXL has 2048-d cross-attention and an
+        # ADM input of 2816 (pooled text 1280 + 6 x 256); SD2 has 1024-d cross-attention and no ADM.
+        unet_config = {
+            "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64,
+            "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [0, 1], "transformer_depth_middle": 1,
+            "transformer_depth_output": [0, 0, 1, 1], "use_spatial_transformer": True, "legacy": False,
+            "use_linear_in_transformer": True, "use_temporal_attention": False, "use_temporal_resblock": False,
+        }
+        if family == "SDXL":
+            unet_config.update(context_dim=2048, adm_in_channels=2816, num_classes="sequential")
+            model_config = comfy.supported_models.SDXL(unet_config)
+        else:
+            unet_config.update(context_dim=1024, adm_in_channels=None)
+            model_config = comfy.supported_models.SD20(unet_config)
+        model = model_config.get_model({})
+        return (comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                 offload_device=comfy.model_management.unet_offload_device()),)
+
+
 NODE_CLASS_MAPPINGS = {"KosmosGTestUNetProbe": KosmosGTestUNetProbe, "KosmosGTestImage": KosmosGTestImage,
-                       "KosmosGTestConditioningInfo": KosmosGTestConditioningInfo}
+                       "KosmosGTestConditioningInfo": KosmosGTestConditioningInfo,
+                       "KosmosGTestTinyUNet": KosmosGTestTinyUNet, "KosmosGTestLatentSink": KosmosGTestLatentSink}

@@ -4,7 +4,8 @@
   sys.path (it would shadow ComfyUI's top-level `nodes`): the repository is mounted as a package named
   `kosmos_g_pack` whose `kosmos_g_core` is the installed core, as ComfyUI mounts it under its folder name.
 * `comfy_server` (only with COMFYUI_PATH): a real ComfyUI started on CPU in a subprocess, on 127.0.0.1 and a free
-  port, with a temporary base directory holding random SD1.5-shaped models, a tiny random KOSMOS-G file, the pack
+  port, with a temporary base directory holding random SD1.5-shaped models, a tiny random KOSMOS-G file (and an
+  unconverted official-format .pt of one), the pack
   (symlinked) and a probe node pack (tests/nodes/comfy_probe_nodes.py) that records U-Net batches.
 """
 
@@ -32,6 +33,7 @@ REPO_ROOT = HERE.parents[1]
 PACK_NAME = "kosmos_g_pack"
 SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"
 KOSMOS_G_NAME = "kosmos-g.safetensors"
+OFFICIAL_PT_NAME = "checkpoint_final.pt"
 
 
 def load_pack_module(name: str) -> types.ModuleType:
@@ -195,6 +197,8 @@ def comfy_server(tmp_path_factory, comfyui_dir, comfy_python, sd15_models, kosmo
     _save_tiny_kosmos_g(kosmos_dir / "kosmos2-mllm-only.safetensors", kosmos_tokenizer, with_aligner=False)
     # A new user's mistake: the SD1.5 checkpoint dropped into models/kosmos_g/.
     (kosmos_dir / "sd15-in-wrong-folder.safetensors").symlink_to(sd15_models / "checkpoints" / SD15_NAME)
+    # Another: an official .pt dropped in unconverted (with the tokenizer files the convert command expects).
+    load_test_helper("official_files").write_tiny_official(kosmos_dir / OFFICIAL_PT_NAME, kosmos_tokenizer)
     custom = base / "custom_nodes"
     custom.mkdir()
     (custom / "kosmos_g").symlink_to(REPO_ROOT, target_is_directory=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +96,39 @@ def _expect_execution_error(client, prompt: dict[str, Any], *fragments: str) -> 
     return message
 
 
-def test_missing_model_file_is_refused_at_validation(comfy_server):
+def test_missing_model_file_is_refused_at_validation(comfy_server, comfyui_dir):
+    """One error, on model_name (not one per input, which flagged the dtype widget too), listing the files there and
+    naming the unconverted official .pt with a convert command that works as written from the ComfyUI folder."""
     prompt = _base_prompt()
-    _node(prompt, "KosmosGLoader")["inputs"]["model_name"] = "kosmos_g_v1.safetensors"
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGLoader")
+    prompt[loader]["inputs"]["model_name"] = "kosmos_g_v1.safetensors"
     status, answer = comfy_server.queue(prompt)
     assert status == 400
-    text = json.dumps(answer)
-    assert "kosmos_g_v1.safetensors" in text and "not found in models/kosmos_g/" in text, text
-    assert "kosmos-g.safetensors" in text, "the message should list the files that are there"
+    errors = answer["node_errors"][loader]["errors"]
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "model_name", errors
+    message = errors[0]["details"]
+    assert "kosmos_g_v1.safetensors" in message and "not found in models/kosmos_g/" in message, message
+    assert "kosmos-g.safetensors" in message, "the message should list the files that are there"
+    assert "also holds 'checkpoint_final.pt'" in message and "needs converting" in message, message
+
+    command = message.split("`")[1]
+    out = comfy_server.base / "models" / "kosmos_g" / "checkpoint_final.safetensors"
+    try:
+        run = subprocess.run(shlex.split(command), cwd=comfyui_dir, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{command}\n{run.stderr}"
+        assert out.is_file()
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_bad_dtype_is_one_error_on_dtype(comfy_server):
+    prompt = _base_prompt()
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGLoader")
+    prompt[loader]["inputs"]["dtype"] = "fp8"
+    status, answer = comfy_server.queue(prompt)
+    assert status == 400
+    errors = answer["node_errors"][loader]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["dtype"], errors
 
 
 def test_sd15_checkpoint_in_kosmos_folder(comfy_server):
@@ -150,7 +177,28 @@ def test_five_channel_image(comfy_server):
 def test_prompt_longer_than_the_model_reads(comfy_server):
     prompt = _base_prompt()
     _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = "<i> " + "a very long description " * 200
-    _expect_execution_error(comfy_server, prompt, "tokens long", "reads at most 512", "shorten the text")
+    _expect_execution_error(comfy_server, prompt, "tokens long", "reads at most 510", "shorten the text")
+
+
+def test_prompt_at_the_length_limit_encodes(comfy_server, kosmos_tokenizer):
+    """The node's limit is the core's: a prompt of exactly 510 positions (AlignerNet's 512 minus 2) encodes."""
+    from kosmos_g_core.prompt import prompt_tokens
+
+    prompt = _base_prompt()
+    text = "<i>" + " dog" * (510 - 1 - 66)
+    assert len(prompt_tokens(text.replace("<i>", ""), kosmos_tokenizer)[0]) + 66 == 510
+    _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"] = text
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+
+
+def test_literal_placeholder_in_the_negative_is_text(comfy_server):
+    """KOSMOS-G Encode's negative is plain text, as in the official code and the core: "<i>" is not refused."""
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGEncode")["inputs"]["negative"] = "an <i> tag, blurry"
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    assert entry["outputs"]["950"]["b"][0]["shape"] == [1, 77, 768]
 
 
 def test_prompt_batch_and_text_encode_negative(comfy_server):
@@ -171,6 +219,48 @@ def test_prompt_batch_and_text_encode_negative(comfy_server):
     null = entry["outputs"]["963"]["a"][0]
     assert null["shape"] == [1, 77, 768]
     assert null["sum"] * 2 == pytest.approx(negative["sum"], rel=1e-4, abs=1e-3)
+
+
+def _sampling_with(family: str, check: bool) -> dict[str, Any]:
+    """KOSMOS-G conditioning into KSampler with a MODEL of another family, through Check SD1.5 Model or not."""
+    prompt = _base_prompt()
+    del prompt["950"]
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt["970"] = {"class_type": "KosmosGTestTinyUNet", "inputs": {"family": family}}
+    model = ["970", 0]
+    if check:
+        prompt["971"] = {"class_type": "KosmosGCheckModel", "inputs": {"model": model}}
+        model = ["971", 0]
+    prompt["972"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["973"] = {"class_type": "KSampler", "inputs": {
+        "model": model, "positive": [encode, 0], "negative": [encode, 1], "latent_image": ["972", 0], "seed": 0,
+        "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+    prompt["974"] = {"class_type": "KosmosGTestLatentSink", "inputs": {"samples": ["973", 0]}}
+    return prompt
+
+
+@pytest.mark.parametrize(("family", "exception", "fragment", "width"), [
+    ("SDXL", "KeyError", "pooled_output", 2048),
+    ("SD2", "RuntimeError", "mat1 and mat2 shapes cannot be multiplied", 1024),
+])
+def test_other_model_family_without_and_with_the_check_node(comfy_server, family, exception, fragment, width):
+    """What docs/nodes.md and the README tell a user who samples SDXL or SD2 with KOSMOS-G conditioning: the error
+    stock KSampler stops with (SDXL reads CLIP's pooled output, which KOSMOS-G does not make; SD2's cross-attention
+    is 1024-d), and the plain message of Check SD1.5 Model, which stops before it."""
+    entry = comfy_server.run(_sampling_with(family, check=False))
+    error = _error(entry)
+    assert entry["status"]["status_str"] == "error" and error["node_type"] == "KSampler", error
+    assert error["exception_type"].endswith(exception) and fragment in error["exception_message"], error
+    _expect_execution_error(comfy_server, _sampling_with(family, check=True),
+                            f"takes {width}-dimensional text conditioning", "Stable Diffusion 1.5")
+
+
+def test_log_names_the_loaded_model(comfy_server):
+    """ComfyUI logs a loaded model by its class name: it must say KOSMOS-G, not an internal wrapper's name."""
+    entry = comfy_server.run(_base_prompt())
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    log = comfy_server.log()
+    assert "Requested to load KosmosGEncoder" in log and "PatcherRoot" not in log, log[-3000:]
 
 
 def test_server_still_serves_after_errors(comfy_server):

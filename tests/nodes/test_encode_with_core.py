@@ -47,10 +47,13 @@ def test_a_prompt_batch_gives_one_row_per_prompt(pi, tiny_model):
 
 
 def test_length_limit_of_the_tiny_model(pi, tiny_model, kosmos_tokenizer):
-    limit = min(tiny_model.config.mllm.max_positions, tiny_model.config.aligner.max_positions)
-    assert limit == 512
+    from kosmos_g_core.prompt import check_lengths
+
+    limit = tiny_model.config.max_prompt_tokens  # the rule the Encode node applies
+    assert limit == 510  # AlignerNet's 512 positions minus the two it never uses
     seven = pi.build_prompts("<i>" * 7, [slot(pi, 1, torch.rand(7, 32, 32, 3))])
-    pi.check_lengths(seven, kosmos_tokenizer, limit)
+    check_lengths(seven, kosmos_tokenizer, limit)
+    tiny_model.encode(list(seven))
     ten = pi.build_prompts(" ".join(["<i>"] * 10), [slot(pi, 1, torch.rand(10, 32, 32, 3))])
-    with pytest.raises(pi.PromptError, match="reads at most 512"):
-        pi.check_lengths(ten, kosmos_tokenizer, limit)
+    with pytest.raises(pi.PromptError, match="reads at most 510"):
+        check_lengths(ten, kosmos_tokenizer, limit)

@@ -3,6 +3,10 @@ messages, without ComfyUI."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 import types
 
 import pytest
@@ -75,3 +79,34 @@ def test_a_real_sd_checkpoint_header_gets_the_folder_advice(pack, tmp_path):
         read_header(path)
     message = errors.not_kosmos_message(str(e.value), [str(tmp_path)])
     assert "Stable Diffusion checkpoint" in message and "models/checkpoints/" in message
+
+
+def test_an_unconverted_official_file_is_named_with_a_command_that_works(pack, test_helper, tmp_path,
+                                                                          kosmos_tokenizer):
+    """With only checkpoint_final.pt in models/kosmos_g/ the user reads its name and a convert command, which works
+    as written from another folder (ComfyUI's, where `python -m kosmos_g_core.convert` does not)."""
+    from kosmos_g_core import KosmosGConfig, load_checkpoint
+
+    errors, folder = pack("nodes.load_errors"), pack("nodes.model_folder")
+    models = tmp_path / "models" / "kosmos_g"
+    models.mkdir(parents=True)
+    test_helper("official_files").write_tiny_official(models / "checkpoint_final.pt", kosmos_tokenizer)
+    unconverted = folder.unconverted_files([str(models)])
+    assert unconverted == [str(models / "checkpoint_final.pt")]
+    message = errors.missing_file_message("kosmos-g.safetensors", [str(models)], [], unconverted)
+    assert "The folder is empty" not in message
+    assert "The folder holds 'checkpoint_final.pt': an official checkpoint (.pt) that needs converting" in message
+    command = message.split("`")[1]
+    assert command.startswith(shlex.quote(sys.executable)) and "convert.py --official" in command
+
+    elsewhere = tmp_path / "ComfyUI"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(shlex.split(command), cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert load_checkpoint(models / "checkpoint_final.safetensors").config == KosmosGConfig.tiny()
+
+    # Once converted, the .safetensors is listed and the .pt is still named, as "also".
+    again = errors.missing_file_message("x.safetensors", [str(models)], ["checkpoint_final.safetensors"],
+                                        folder.unconverted_files([str(models)]))
+    assert "'checkpoint_final.safetensors'" in again and "The folder also holds 'checkpoint_final.pt'" in again

@@ -152,9 +152,12 @@ def test_text_prompt_refuses_placeholders(pi):
 
 
 def test_length_check_counts_image_positions(pi, kosmos_tokenizer):
+    """The builder's prompt through the core's length rule (the one the Encode node applies)."""
+    from kosmos_g_core.prompt import PromptError, check_lengths, prompt_tokens
+
     (prompt,) = pi.build_prompts("<i> wearing <i>", slots(pi, image(), image()))
-    length = pi.prompt_length(prompt, kosmos_tokenizer)
-    assert length == 1 + 2 * pi.IMAGE_POSITIONS + len(kosmos_tokenizer.encode(" wearing "))
-    pi.check_lengths((prompt,), kosmos_tokenizer, max_tokens=length)
-    with pytest.raises(pi.PromptError, match=rf"the prompt is {length} tokens long .* reads at most {length - 1}"):
-        pi.check_lengths((prompt,), kosmos_tokenizer, max_tokens=length - 1)
+    length = len(prompt_tokens(prompt, kosmos_tokenizer)[0])
+    assert length == 1 + 2 * 66 + len(kosmos_tokenizer.encode(" wearing "))
+    check_lengths((prompt,), kosmos_tokenizer, max_length=length)
+    with pytest.raises(PromptError, match=rf"the prompt is {length} tokens long .* reads at most {length - 1}"):
+        check_lengths((prompt,), kosmos_tokenizer, max_length=length - 1)
