@@ -20,22 +20,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-SHIPPED_BASE = Path(__file__).resolve().parent / "toy_world" / "assets" / "base"
-
 
 def main(argv: list[str] | None = None) -> None:
-    from training.toy_world.run import PRESETS, default_threads, run
+    from training.toy_world.base_model import SHIPPED_BASE
+    from training.toy_world.run import PRESETS, add_thread_option, run, set_threads
 
     parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = automatic)")
+    add_thread_option(parser)
     parser.add_argument("--train-base", action="store_true", help="train the base model instead of the shipped one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads or default_threads())
+    set_threads(args.threads)
     use_shipped = not args.train_base and (SHIPPED_BASE / "model_index.json").is_file()
     if not use_shipped:
         logging.getLogger(__name__).warning("no shipped base model at %s: training one first", SHIPPED_BASE)

@@ -154,7 +154,7 @@ def test_shipped_base_model_is_a_small_fp16_sd15_folder_that_draws():
     encoder's output, and it samples an image from a caption."""
     from safetensors import safe_open
 
-    from training.demo import SHIPPED_BASE
+    from training.toy_world.base_model import SHIPPED_BASE
     from training.evaluation.sampler import DiffusionSampler
     from training.sd15 import load_sd15
 

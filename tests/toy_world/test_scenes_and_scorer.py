@@ -77,3 +77,66 @@ def test_reference_images_show_the_subject():
             assert ref.size == (64, 64)
             r = read_image(ref.resize((32, 32)))
             assert r.colour == subject.colour
+
+
+def test_held_out_subjects_are_new_combinations_of_seen_attributes():
+    from training.toy_world.scenes import held_out_subjects, seen_subjects
+
+    held, seen = held_out_subjects(), seen_subjects()
+    assert len(held) == 5 and len(seen) == 15 and not set(held) & set(seen)
+    assert {s.colour for s in held} == set(COLOURS) and {s.shape for s in held} == set(SHAPES)
+    for subject in held:  # its colour and its shape are each seen, in other subjects
+        assert any(s.colour == subject.colour for s in seen) and any(s.shape == subject.shape for s in seen)
+
+
+def test_no_kosmos_g_training_shard_shows_a_held_out_subject(tmp_path):
+    """Stage 1's captions name every subject they show; the references and the stage 2/3 scenes are checked by
+    reading their pictures back with the scorer."""
+    import tarfile
+
+    from training.toy_world.scenes import CLASS_WORD, held_out_subjects
+    from training.toy_world.shards import (
+        write_caption_shards,
+        write_compositional_shards,
+        write_reference_shards,
+    )
+
+    held = {s.description() for s in held_out_subjects()}
+    held_names = {(s.colour, s.shape) for s in held_out_subjects()}
+    paths = [*write_caption_shards(tmp_path / "c", 200, 0, describe_prob=1.0),
+             *write_reference_shards(tmp_path / "r", 200, 0), *write_compositional_shards(tmp_path / "p", 200, 0)]
+    shown = 0
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                data = tar.extractfile(member).read()
+                if member.name.endswith(".txt"):
+                    text = data.decode()
+                    assert not any(f"{d} {CLASS_WORD}" in text for d in held), text
+                elif member.name.endswith(".jpg") and ".ent" not in member.name and "/r" not in path.as_posix():
+                    reading = read_image(Image.open(io.BytesIO(data)))
+                    assert (reading.colour, reading.shape) not in held_names
+                    shown += 1
+    assert shown == 400
+
+
+def test_control_subject_shares_no_attribute_and_scores_are_split():
+    from training.toy_world.evaluate import condition_scores, control_subject
+
+    for subject in all_subjects():
+        other = control_subject(subject)
+        assert other.colour != subject.colour and other.shape != subject.shape
+    subjects = all_subjects()
+    images = [render(Scene(s, "on the grass", 0.5, 0.5)) for s in subjects]
+    scores = condition_scores(images, subjects, ["on the grass"] * len(subjects))
+    assert scores["seen_subject_fidelity"] == scores["held_out_subject_fidelity"] == 1.0
+    assert (scores["seen_images"], scores["held_out_images"]) == (15, 5)
+    assert scores["unrelated_subject_fidelity"] == 0.0
+
+
+def test_study_reports_mean_and_standard_error():
+    from training.toy_world.study import mean_and_se
+
+    mean, se = mean_and_se([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and se == pytest.approx(0.1 / 3**0.5)
+    assert mean_and_se([0.4]) == (0.4, 0.0)

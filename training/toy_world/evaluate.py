@@ -11,6 +11,11 @@ between rows of the table is the conditioning:
                           (an upper reference: what the frozen U-Net can draw when told exactly)
 
 Chance level of subject fidelity is (1/5 + 1/4) / 2 = 0.225 (5 colours, 4 shapes).
+
+Every image is scored three ways: against the subject it was asked for, separately for the 15 seen subjects and the 5
+held-out ones that no KOSMOS-G stage saw (`scenes.is_held_out`: the zero-shot case), and against an unrelated
+subject (another colour and another shape; `control_subject`). Fidelity to the given reference far above fidelity
+to an unrelated one is what shows the generation follows the image it was given, rather than a favourite subject.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from training.evaluation.report import bar_chart, image_grid, markdown_table, wr
 from training.evaluation.sampler import DiffusionSampler, to_pil
 
 from .base_model import encode_text, load_text_side
-from .scenes import COLOURS, PLACES, SHAPES, Subject, all_subjects, random_scene, reference_image
+from .scenes import COLOURS, PLACES, SHAPES, Subject, all_subjects, is_held_out, random_scene, reference_image
 from .scorer import score_images
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,26 @@ class EvalSettings:
         if self.reference not in ("cutout", "crop"):
             raise ValueError(f"unknown reference style {self.reference!r}; choose 'cutout' or 'crop'")
         return reference_image(subject, cutout=self.reference == "cutout")
+
+
+def control_subject(subject: Subject) -> Subject:
+    """An unrelated subject: the next shape and the colour two further on, so neither attribute is shared."""
+    shapes, colours = list(SHAPES), list(COLOURS)
+    return Subject(shapes[(shapes.index(subject.shape) + 1) % len(shapes)],
+                   colours[(colours.index(subject.colour) + 2) % len(colours)])
+
+
+def condition_scores(images, subjects: list[Subject], places: list[str]) -> dict[str, float]:
+    """All-subject scores, plus subject fidelity on the seen and held-out subjects and against unrelated ones."""
+    out = score_images(images, subjects, places).as_dict()
+    for group, keep in (("seen", False), ("held_out", True)):
+        index = [i for i, s in enumerate(subjects) if is_held_out(s) == keep]
+        picked = score_images([images[i] for i in index], [subjects[i] for i in index], [places[i] for i in index])
+        out[f"{group}_subject_fidelity"] = picked.subject_fidelity
+        out[f"{group}_images"] = picked.count
+    out["unrelated_subject_fidelity"] = score_images(images, [control_subject(s) for s in subjects],
+                                                     places).subject_fidelity
+    return out
 
 
 def image_prompt(place: str) -> str:
@@ -146,7 +171,7 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
     scores, images = {}, {}
     for name, (cond, uncond) in conditions.items():
         images[name] = _generate(sampler, cond, uncond, settings, resolution)
-        scores[name] = score_images(images[name], subjects, places).as_dict()
+        scores[name] = condition_scores(images[name], subjects, places)
         log.info("%s: %s", name, scores[name])
     results = {
         "conditions": scores,
@@ -189,8 +214,12 @@ def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, settings: E
               title="toy world: scores per condition")
 
 
+TABLE_COLUMNS = ["seen_subject_fidelity", "held_out_subject_fidelity", "unrelated_subject_fidelity",
+                 "colour_accuracy", "shape_accuracy", "text_fidelity", "images"]
+
+
 def results_markdown(results: dict) -> str:
-    columns = ["subject_fidelity", "colour_accuracy", "shape_accuracy", "text_fidelity", "images"]
+    columns = TABLE_COLUMNS
     table = markdown_table(results["conditions"], columns, first="condition")
     a2 = results["stage2_alignment"]["stage2"]
     s = results["sampling"]

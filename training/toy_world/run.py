@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -198,11 +197,20 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
     return results
 
 
-def default_threads() -> int:
-    """All cores on an idle machine; one thread when the machine is already busy (many small ops: oversubscribed
-    threads cost far more than they give, measured 10x slower at load 10 on 2 cores)."""
-    cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] > cores else cores
+# Results are bit-reproducible only at a fixed thread count (the order of floating-point sums in a matmul depends
+# on it), so the toy world's commands use 2 threads unless told otherwise, whatever the machine's load.
+DEFAULT_THREADS = 2
+
+
+def add_thread_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"torch CPU threads (default {DEFAULT_THREADS}; the numbers are reproducible at a fixed "
+                             "count, and a busy machine only makes the run slower)")
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    log.info("torch CPU threads: %d", threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,13 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/toy_world", help="output folder")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = automatic)")
+    add_thread_option(parser)
     parser.add_argument("--kosmos-tokenizer", default=None,
                         help="folder with the real sentencepiece.bpe.model + dict.txt (default: train a toy one)")
     parser.add_argument("--base", default=None, help="reuse a trained toy base model folder instead of training one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads or default_threads())
+    set_threads(args.threads)
     cfg = replace(PRESETS[args.preset](), seed=args.seed)
     results = run(args.out, cfg, args.kosmos_tokenizer, args.base)
     sys.stdout.write((Path(args.out) / "eval" / "results.md").read_text(encoding="utf-8"))

@@ -72,8 +72,26 @@ def all_subjects() -> list[Subject]:
     return [Subject(s, c) for s in SHAPES for c in COLOURS]
 
 
-def random_scene(rng: random.Random, subject: Subject | None = None, place: str | None = None) -> Scene:
-    subjects = all_subjects()
+def is_held_out(subject: Subject) -> bool:
+    """The 5 (colour, shape) combinations that no KOSMOS-G stage ever sees: shape index + colour index = 0 mod 4,
+    one per colour, and every shape in at least one. Each colour and each shape still appears in 3 or 4 seen
+    subjects, so a held-out subject is new only as a combination: the zero-shot case. (The frozen base model, like
+    SD1.5, was trained on every subject: it can draw them all when told the words.)"""
+    return (list(SHAPES).index(subject.shape) + list(COLOURS).index(subject.colour)) % len(SHAPES) == 0
+
+
+def seen_subjects() -> list[Subject]:
+    return [s for s in all_subjects() if not is_held_out(s)]
+
+
+def held_out_subjects() -> list[Subject]:
+    return [s for s in all_subjects() if is_held_out(s)]
+
+
+def random_scene(rng: random.Random, subject: Subject | None = None, place: str | None = None,
+                 subjects: list[Subject] | None = None) -> Scene:
+    """A scene of `subject` (else one drawn from `subjects`, default all) at `place` (else a random one)."""
+    subjects = subjects or all_subjects()
     return Scene(
         subject if subject is not None else rng.choice(subjects),
         place if place is not None else rng.choice(list(PLACES)),

@@ -1,5 +1,8 @@
 """Toy-world training data in the trainer's webdataset shard formats (docs/data.md), plus its KOSMOS-G tokenizer.
 
+Every shard holds only the seen subjects (`scenes.seen_subjects`): the held-out ones are never shown to stage 1, 2
+or 3, so the evaluation can score them as zero-shot subjects.
+
 * captions (stages 2, 3): `{key}.jpg` scene, `{key}.txt` caption; on `describe_prob` of them the caption names
   the subject's colour and shape words (so stage 2 aligns those words to the base text encoder too).
 * stage-1 captions: the same scenes, every caption naming the subject ("a red round toy on the beach"), plus
@@ -24,7 +27,17 @@ from PIL import Image
 
 from training.data.writer import ShardWriter, encode_jpeg, encode_png
 
-from .scenes import CLASS_WORD, PLACES, SUBJECT_HALF, Scene, random_scene, reference_image, render, render_mask
+from .scenes import (
+    CLASS_WORD,
+    PLACES,
+    SUBJECT_HALF,
+    Scene,
+    random_scene,
+    reference_image,
+    render,
+    render_mask,
+    seen_subjects,
+)
 
 SCENE_SIZE = 64  # stored size; the trainer resizes to sd15.resolution (32) and the ViT's 28 px
 
@@ -46,7 +59,7 @@ def write_caption_shards(out_dir: str | Path, count: int, seed: int, describe_pr
     rng = random.Random(f"captions/{seed}")
     with ShardWriter(out_dir, "captions", per_shard) as writer:
         for i in range(count):
-            scene = random_scene(rng)
+            scene = random_scene(rng, subjects=seen_subjects())
             writer.write({"__key__": f"c{i:06d}", "jpg": encode_jpeg(render(scene, SCENE_SIZE)),
                           "txt": scene.caption(describe=rng.random() < describe_prob)})
     return writer.paths
@@ -58,7 +71,7 @@ def write_reference_shards(out_dir: str | Path, count: int, seed: int, per_shard
     rng = random.Random(f"references/{seed}")
     with ShardWriter(out_dir, "references", per_shard) as writer:
         for i in range(count):
-            subject = random_scene(rng).subject
+            subject = random_scene(rng, subjects=seen_subjects()).subject
             image = reference_image(subject, SCENE_SIZE, cutout=rng.random() < 0.5, place=rng.choice(list(PLACES)),
                                     crop=rng.uniform(2 * SUBJECT_HALF / 0.9, 1.0))
             writer.write({"__key__": f"r{i:06d}", "jpg": encode_jpeg(image),
@@ -70,7 +83,7 @@ def write_compositional_shards(out_dir: str | Path, count: int, seed: int, per_s
     rng = random.Random(f"compositional/{seed}")
     with ShardWriter(out_dir, "compositional", per_shard) as writer:
         for i in range(count):
-            scene = random_scene(rng)
+            scene = random_scene(rng, subjects=seen_subjects())
             crop, cut, mask = entity_images(scene)
             start, end = scene.entity_span()
             writer.write({
@@ -91,7 +104,7 @@ def write_kosmos_tokenizer(out_dir: str | Path, seed: int = 0, vocab_size: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"tokenizer/{seed}")
-    lines = [random_scene(rng).caption(describe=rng.random() < 0.5) for _ in range(2000)]
+    lines = [random_scene(rng, subjects=seen_subjects()).caption(describe=rng.random() < 0.5) for _ in range(2000)]
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "sentencepiece.bpe"),

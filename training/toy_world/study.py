@@ -1,0 +1,115 @@
+"""The toy world over several seeds: each seed is a whole KOSMOS-G training (data, init, stages 1-3, evaluation), and
+the table reports every score as mean +- standard error over the seeds.
+
+    python -m training.toy_world.study --out runs/toy_study            # 3 seeds of the full preset, ~40 min on 2 cores
+
+All seeds share one frozen base model (the shipped one, as every KOSMOS-G training shares SD1.5), so the spread is
+that of KOSMOS-G's own training: its data draw, initialisation and training randomness. Each seed's run folder is a
+complete `training.toy_world.run` output (`<out>/seed_<k>/`), resumable like it; the study writes `study.json` and
+`study.md` (the README's table) into `<out>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from training.evaluation.report import write_json
+
+from .base_model import SHIPPED_BASE
+from .evaluate import CHANCE_SUBJECT_FIDELITY, CONDITIONS, TABLE_COLUMNS
+from .run import PRESETS, ToyRunConfig, run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)); the error is 0 for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """{condition: {metric: {"mean", "se", "values"}}} over the seeds' results.json contents."""
+    metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")]
+    table = {}
+    for condition in CONDITIONS:
+        table[condition] = {}
+        for metric in metrics:
+            values = [per_seed[s]["conditions"][condition][metric] for s in sorted(per_seed)]
+            mean, se = mean_and_se(values)
+            table[condition][metric] = {"mean": mean, "se": se, "values": values}
+    return table
+
+
+def study_markdown(summary: dict) -> str:
+    metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")]
+    lines = ["| condition | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for condition, row in summary["table"].items():
+        cells = [f"{row[m]['mean']:.3f} ± {row[m]['se']:.3f}" for m in metrics]
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    seeds = summary["seeds"]
+    images = summary["images_per_condition"]
+    return (
+        f"# Toy-world study: {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± standard error\n\n"
+        + "\n".join(lines) + "\n\n"
+        f"Chance subject fidelity {CHANCE_SUBJECT_FIDELITY:.3f}. Per seed and condition {images['all']} images: "
+        f"{images['seen']} of the 15 seen subjects, {images['held_out']} of the 5 held-out subjects that no KOSMOS-G "
+        "stage saw. `unrelated_subject_fidelity` scores the same images against a subject sharing neither colour nor "
+        "shape with the reference given. Command: `" + summary["command"] + "`.\n"
+    )
+
+
+def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunConfig | None = None,
+          base: str | Path | None = SHIPPED_BASE, kosmos_tokenizer: str | Path | None = None) -> dict:
+    out = Path(out)
+    cfg = cfg or ToyRunConfig.full()
+    per_seed = {}
+    for seed in seeds:
+        log.info("seed %d of %s", seed, list(seeds))
+        per_seed[seed] = run(out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
+    first = per_seed[seeds[0]]["conditions"]["after_stage3_image"]
+    summary = {
+        "seeds": list(seeds),
+        "table": aggregate(per_seed),
+        "images_per_condition": {"all": first["images"], "seen": first["seen_images"],
+                                 "held_out": first["held_out_images"]},
+        "chance_subject_fidelity": CHANCE_SUBJECT_FIDELITY,
+        "command": " ".join(["python", "-m", "training.toy_world.study", *sys.argv[1:]]),
+    }
+    write_json(summary, out / "study.json")
+    (out / "study.md").write_text(study_markdown(summary), encoding="utf-8")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .run import add_thread_option, set_threads
+
+    parser = argparse.ArgumentParser(prog="python -m training.toy_world.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/toy_study", help="output folder (default runs/toy_study)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                        help="training seeds (default 0 1 2)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="stage lengths of each run (default full; smoke for a quick check)")
+    parser.add_argument("--base", default=str(SHIPPED_BASE),
+                        help="frozen base model folder shared by every seed (default: the shipped one)")
+    add_thread_option(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_threads(args.threads)
+    summary = study(args.out, tuple(args.seeds), PRESETS[args.preset](), args.base)
+    sys.stdout.write(study_markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
