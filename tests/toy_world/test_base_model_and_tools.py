@@ -154,9 +154,9 @@ def test_shipped_base_model_is_a_small_fp16_sd15_folder_that_draws():
     encoder's output, and it samples an image from a caption."""
     from safetensors import safe_open
 
-    from training.toy_world.base_model import SHIPPED_BASE
     from training.evaluation.sampler import DiffusionSampler
     from training.sd15 import load_sd15
+    from training.toy_world.base_model import SHIPPED_BASE
 
     files = sorted(SHIPPED_BASE.rglob("*.safetensors"))
     assert len(files) == 3 and sum(f.stat().st_size for f in files) < 12e6
