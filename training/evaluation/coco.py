@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .images import load_rgb, resize_center_crop
+from kosmos_g_core.image import resize_and_crop
+
+from .images import load_rgb
 from .report import write_json
 from .sampler import DiffusionSampler, SamplerSettings, to_pil
 
@@ -86,4 +88,4 @@ def real_images(images_dir: str | Path, items: Sequence[CocoItem], resolution: i
     if not images_dir.is_dir():
         raise FileNotFoundError(f"COCO image folder not found: {images_dir} (expected the val2014/ folder)")
     for it in items:
-        yield resize_center_crop(load_rgb(images_dir / it.file_name), resolution, resolution)
+        yield resize_and_crop(load_rgb(images_dir / it.file_name), resolution)
