@@ -73,7 +73,6 @@ def test_coco_fid_command(tiny_generator, dreambench_dir, tmp_path):
 
 
 def test_layout_command(tmp_path):
-    pytest.importorskip("kosmos_g_core.layout.metrics")
     scores = main(["layout", "--out", str(tmp_path), "--scenes", "4", "--size", "32"])
     assert "rule_based" in scores
     data = json.loads((tmp_path / "results.json").read_text())
