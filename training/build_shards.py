@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from training.cli import setup_logging
 from training.data.captioner import ImageCaptioner, read_captions
 from training.data.entity_extractor import LLMEntityExtractor, RuleEntityExtractor
 from training.data.local_models import ModelFolderError
@@ -294,7 +295,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     report: dict[str, dict] = {}
     try:

@@ -18,6 +18,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from training.cli import setup_logging
+
 from .sd15 import write_tiny_sd15
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def main() -> None:
                         help="folder with sentencepiece.bpe.model + dict.txt (default: the official files shipped in "
                              "kosmos_g_core/assets/kosmos_tokenizer/)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()
     log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer))
 
 

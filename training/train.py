@@ -1,4 +1,4 @@
-"""KOSMOS-G trainer: one entry point for every stage, on one CPU, one GPU or many nodes.
+r"""KOSMOS-G trainer: one entry point for every stage, on one CPU, one GPU or many nodes.
 
     # 1 process (CPU or one GPU); plain python works too
     torchrun --standalone --nproc_per_node 1 -m training.train --config training/configs/stage2.toml
@@ -295,12 +295,22 @@ def run(cfg: TrainConfig) -> RunResult:
     return result
 
 
+def _shipped_configs() -> str:
+    """The --help list of training/configs/**/*.toml, each with the first line of its leading comment."""
+    root = Path(__file__).resolve().parent
+    lines = ["shipped configs (docs/training.md has every key):"]
+    for path in sorted((root / "configs").rglob("*.toml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        lines.append(f"  {path.relative_to(root.parent)}  {first.lstrip('# ').rstrip(':') if first.startswith('#') else ''}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train a KOSMOS-G stage (see the module docstring for torchrun commands).",
-        epilog="Overrides: dotted.key=value pairs after the options, e.g. optim.lr=1e-4 data.batch_size=8")
-    parser.add_argument("--config", required=True, help="stage TOML, e.g. training/configs/stage2.toml")
+        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_shipped_configs() + "\n\noverrides: dotted.key=value pairs after the options, e.g. optim.lr=1e-4 "
+                                     "data.batch_size=8")
+    parser.add_argument("--config", required=True, help="stage TOML, e.g. training/configs/stage2.toml (list below)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
     return parser.parse_args(argv)
 

@@ -14,6 +14,7 @@ So the distance is computed here (float64, scipy `sqrtm`, the standard formula) 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,11 @@ class InceptionFeatures:
                 f"FID Inception TorchScript file not found: {path} (expected inception-2015-12-05.pt, "
                 "the file clean-fid / StyleGAN2-ADA use; see docs/evaluation.md)"
             )
-        # TorchScript archive, not a pickle: torch.jit.load runs no Python code from the file.
-        self.model = torch.jit.load(str(path), map_location=device).eval()
+        # TorchScript archive, not a pickle: torch.jit.load runs no Python code from the file. The FID-standard
+        # Inception exists only as TorchScript, so torch's deprecation of torch.jit is silenced here, for this call.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
+            self.model = torch.jit.load(str(path), map_location=device).eval()
         self.device = torch.device(device)
 
     @torch.no_grad()

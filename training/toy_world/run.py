@@ -1,6 +1,6 @@
 """The toy-world run: base model, then the real stage 1, 2 and 3 trainer at tiny scale, then the measurements.
 
-    python -m training.toy_world.run --out runs/toy_world            # the full run (<= 30 min on 2 CPU cores)
+    python -m training.toy_world.run --out runs/toy_world            # the full run (about 20 min on 2 CPU cores)
     python -m training.toy_world.run --out runs/toy_smoke --preset smoke
 
 Writes under --out: `base/` (the SD1.5-layout toy base model), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from training.cli import setup_logging
 from training.evaluation.report import write_json
 
 from . import toml_writer
@@ -198,25 +199,40 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
     return results
 
 
-def default_threads() -> int:
-    """All cores on an idle machine; one thread when the machine is already busy (many small ops: oversubscribed
-    threads cost far more than they give, measured 10x slower at load 10 on 2 cores)."""
+def choose_threads(requested: int = 0) -> int:
+    """Set torch's CPU threads and log the choice: `requested`, or automatically every core when the machine is idle
+    and one thread when its 1-minute load average already exceeds the core count (the toy models are many small ops:
+    oversubscribed threads cost far more than they give, measured 10x slower at load 10 on 2 cores)."""
     cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] > cores else cores
+    if requested:
+        threads, why = requested, "--threads"
+    else:
+        load = os.getloadavg()[0]
+        threads = 1 if load > cores else cores
+        why = f"automatic: 1-minute load average {load:.1f} on {cores} cores; --threads N overrides"
+    torch.set_num_threads(threads)
+    log.info("using %d torch CPU thread%s (%s)", threads, "" if threads == 1 else "s", why)
+    return threads
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.toy_world.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/toy_world", help="output folder")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = automatic)")
+    parser = argparse.ArgumentParser(prog="python -m training.toy_world.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/toy_world", help="output folder (default runs/toy_world)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="full: the measured run in docs/evaluation.md (about 20 min on 2 cores); demo: the "
+                             "shorter stages of `python -m training.demo`; smoke: every step for a few iterations "
+                             "(about a minute) (default full)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default 0: every core on an idle machine, 1 when it is busy; the "
+                             "choice is logged)")
     parser.add_argument("--kosmos-tokenizer", default=None,
                         help="folder with the real sentencepiece.bpe.model + dict.txt (default: train a toy one)")
     parser.add_argument("--base", default=None, help="reuse a trained toy base model folder instead of training one")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads or default_threads())
+    setup_logging()
+    choose_threads(args.threads)
     cfg = replace(PRESETS[args.preset](), seed=args.seed)
     results = run(args.out, cfg, args.kosmos_tokenizer, args.base)
     sys.stdout.write((Path(args.out) / "eval" / "results.md").read_text(encoding="utf-8"))
