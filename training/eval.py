@@ -46,6 +46,13 @@ def _load_generator(args):
     return model, sampler
 
 
+def _identity(args) -> dict:
+    """What made the images, beyond the sampler settings: a resumed run into the same --out must match it."""
+    checkpoint = Path(args.checkpoint)
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": checkpoint.stat().st_size,
+            "sd15": str(Path(args.sd15).resolve()), "dtype": args.dtype, "device": _device(args.device)}
+
+
 def cmd_dreambench(args) -> dict:
     from .evaluation import dreambench
     from .evaluation.dreambench_protocol import load_dreambench
@@ -63,7 +70,8 @@ def cmd_dreambench(args) -> dict:
             subjects = [replace(s, prompts=s.prompts[: args.prompts]) for s in subjects]
         model, sampler = _load_generator(args)
         with torch.inference_mode():
-            entries = dreambench.generate(model, sampler, subjects, out, settings, args.samples, args.seed)
+            entries = dreambench.generate(model, sampler, subjects, out, settings, args.samples, args.seed,
+                                          identity=_identity(args))
         del model, sampler
     device = _device(args.device)
     dino = DinoEncoder(args.dino, device) if args.dino else None
@@ -90,11 +98,13 @@ def cmd_coco_fid(args) -> dict:
     if not args.score_only:
         model, sampler = _load_generator(args)
         with torch.inference_mode():
-            coco.generate(model, sampler, items, out, settings, args.seed, args.batch)
+            coco.generate(model, sampler, items, out, settings, args.seed, args.batch, identity=_identity(args))
         del model, sampler
     extractor = build_feature_extractor(args.features, args.feature_model, _device(args.device))
-    gen = stats_of_images(coco.generated_images(out, len(items)), extractor)
-    real = stats_of_images(coco.real_images(args.images, items, args.resolution), extractor)
+    gen = stats_of_images(coco.generated_images(out, len(items)), extractor, total=len(items),
+                          desc="FID features, generated images")
+    real = stats_of_images(coco.real_images(args.images, items, args.resolution), extractor, total=len(items),
+                           desc="FID features, real images")
     value = fid_from_stats(gen, real)
     comparable = args.features == "inception"
     results = {

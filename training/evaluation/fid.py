@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from scipy import linalg
 
+from training.cli import progress
+
 log = logging.getLogger(__name__)
 
 
@@ -122,11 +124,12 @@ def build_feature_extractor(kind: str, path: str | Path, device: str | torch.dev
     raise ValueError(f"unknown FID feature extractor {kind!r}; use 'inception' or 'clip'")
 
 
-def stats_of_images(images: Iterable[Image.Image], extractor, batch_size: int = 50) -> FeatureStats:
-    """Feature statistics of a stream of PIL images, extracted in batches."""
+def stats_of_images(images: Iterable[Image.Image], extractor, batch_size: int = 50, total: int | None = None,
+                    desc: str = "FID features (images)") -> FeatureStats:
+    """Feature statistics of a stream of PIL images (`total` of them, for the progress display), in batches."""
     feats: list[torch.Tensor] = []
     batch: list[Image.Image] = []
-    for img in images:
+    for img in progress(images, total=total, desc=desc):
         batch.append(img)
         if len(batch) == batch_size:
             feats.append(extractor(batch))
