@@ -60,22 +60,37 @@ def to_pil_rgb(image: Any, mask: Any = None) -> Image.Image:
     return Image.fromarray(np.rint(painted).astype(np.uint8))
 
 
-def resize_and_crop(image: Image.Image, size: int = 224) -> Image.Image:
-    """torchvision ``Resize(size, BICUBIC)`` then ``CenterCrop(size)`` on a PIL image, bit for bit."""
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+def resize_and_crop(image: Image.Image, size: int = 224, crop: int | None = None,
+                    resample: int = Image.BICUBIC) -> Image.Image:
+    """torchvision ``Resize(size, resample)`` then ``CenterCrop(crop)`` on a PIL image, bit for bit.
+
+    The project's one resize-and-crop: the vision tower's input (224, bicubic), the trainer's diffusion targets and
+    entity masks (bilinear) and the evaluation's scorers and real FID images (DINO: 256 then 224) all call it, so
+    training, inference and evaluation see the same crop of the same image. ``crop`` defaults to ``size``.
+
+    The rule (torchvision ``transforms/functional.py``: ``_compute_resized_output_size`` and ``center_crop``): the
+    short side becomes ``size`` and the long side ``int(size * long / short)`` (truncated, not rounded; an image
+    whose short side already is ``size`` is not resampled); the crop's offsets are ``int(round((h - crop) / 2.0))``
+    and ``int(round((w - crop) / 2.0))`` (Python's round, half to even). Example: 112x67 (WxH) at size 64 is resized
+    to 106x64 (64 * 112 / 67 = 106.99) and cropped from left ``round(21.0)`` = 21.
+    """
+    crop = size if crop is None else crop
+    for name, value in (("size", size), ("crop", crop)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if crop > size:
+        raise ValueError(f"crop ({crop}) must not exceed size ({size}): the centre crop would need padding")
     image = _limit_aspect_ratio(image)
     width, height = image.size
-    # torchvision's _compute_resized_output_size: the long side is truncated, not rounded.
     if width <= height:
         new_width, new_height = size, int(size * height / width)
     else:
         new_width, new_height = int(size * width / height), size
     if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), Image.BICUBIC)
-    top = int(round((new_height - size) / 2.0))
-    left = int(round((new_width - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
+        image = image.resize((new_width, new_height), resample)
+    top = int(round((new_height - crop) / 2.0))
+    left = int(round((new_width - crop) / 2.0))
+    return image.crop((left, top, left + crop, top + crop))
 
 
 def normalize(image: Image.Image) -> torch.Tensor:

@@ -35,6 +35,11 @@ _FAIRSEQ_BASE = ("<s>", "<pad>", "</s>", "<unk>")
 _APPENDED_SPECIALS = ("<mask>", "</doc>", "<image>", "</image>", "</chunk>", "</line>")
 
 
+# The official files ship with the core (MIT, 2.1 MB; README.md there gives their source). A pack checkpoint embeds
+# its own tokenizer, so loading one never reads these; the benchmark, the tiny training assets and the tests do.
+BUNDLED_DIR = Path(__file__).resolve().parent / "assets" / "kosmos_tokenizer"
+
+
 class TokenizerError(ValueError):
     """A tokenizer file is missing, unreadable, or does not belong with the other file."""
 
@@ -182,6 +187,11 @@ class KosmosTokenizer:
         dict_path = Path(dict_path)
         dict_bytes = _read_file(dict_path, "the KOSMOS-G fairseq dictionary (dict.txt)")
         return cls(spm_bytes, dict_bytes, spm_source=str(spm_path), dict_source=str(dict_path))
+
+    @classmethod
+    def bundled(cls) -> KosmosTokenizer:
+        """The official KOSMOS-G tokenizer shipped with the core (``kosmos_g_core/assets/kosmos_tokenizer/``)."""
+        return cls.from_files(BUNDLED_DIR / "sentencepiece.bpe.model", BUNDLED_DIR / "dict.txt")
 
     @classmethod
     def from_bytes(cls, spm_bytes: bytes, dict_bytes: bytes, source: str | None = None) -> KosmosTokenizer:

@@ -3,16 +3,23 @@ collected with --import-mode=importlib so the repository root is never made a pa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI clones main with shared/ beside it; KOSMOS_G_SHARED overrides for other layouts.
-SHARED_DIR = Path(os.environ.get("KOSMOS_G_SHARED", REPO_ROOT.parent / "shared"))
-TOKENIZER_DIR = SHARED_DIR / "data" / "kosmos_tokenizer"
-DREAMBENCH_DIR = SHARED_DIR / "data" / "dreambench"
+# The repository carries what its tests read (tests/data/README.md): a fresh clone tests itself, nothing beside it.
+TOKENIZER_DIR = REPO_ROOT / "kosmos_g_core" / "assets" / "kosmos_tokenizer"
+DREAMBENCH_DIR = REPO_ROOT / "tests" / "data" / "dreambench"
+
+
+def _required(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    """`folder`, after checking it holds `names`: missing test data fails the test (never a silent skip)."""
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing:
+        pytest.fail(f"{what}: {', '.join(missing)} missing from {folder} (they are part of the repository; "
+                    "restore them with git checkout)", pytrace=False)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,16 +36,12 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    if not (TOKENIZER_DIR / "sentencepiece.bpe.model").is_file():
-        pytest.skip(f"the KOSMOS-G tokenizer files are not at {TOKENIZER_DIR} (set KOSMOS_G_SHARED)")
-    return TOKENIZER_DIR
+    return _required(TOKENIZER_DIR, ("sentencepiece.bpe.model", "dict.txt"), "the KOSMOS-G tokenizer files")
 
 
 @pytest.fixture(scope="session")
 def dreambench_dir() -> Path:
-    if not (DREAMBENCH_DIR / "images").is_dir():
-        pytest.skip(f"the DreamBench images are not at {DREAMBENCH_DIR} (set KOSMOS_G_SHARED)")
-    return DREAMBENCH_DIR
+    return _required(DREAMBENCH_DIR, ("prompts_and_classes.txt", "images/dog.jpg"), "the DreamBench test data")
 
 
 @pytest.fixture(scope="session")

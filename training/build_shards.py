@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from training.cli import progress, setup_logging
 from training.data.captioner import ImageCaptioner, read_captions
 from training.data.entity_extractor import LLMEntityExtractor, RuleEntityExtractor
 from training.data.local_models import ModelFolderError
@@ -135,7 +136,7 @@ def build_compositional(
     random.Random(f"compositional/{seed}").shuffle(paths)
     counts["images_found"] = len(paths)
     with ShardWriter(out_dir, "compositional", shard_size) as writer:
-        for index, path in enumerate(paths):
+        for index, path in enumerate(progress(paths, desc="compositional shards (images)")):
             relative = path.relative_to(images_dir).as_posix()
             try:
                 image = open_rgb(path)
@@ -152,8 +153,7 @@ def build_compositional(
             if sample is not None:
                 counts["entities"] += len(sample["json"]["entities"])
                 writer.write(sample)
-            if (index + 1) % 100 == 0:
-                log.info("compositional: %d / %d images, %s", index + 1, len(paths), dict(counts))
+    log.info("compositional: %d images, %s", len(paths), dict(counts))
     return counts, writer.paths
 
 
@@ -244,7 +244,7 @@ def build_editing(
     ordered = list(records)
     random.Random(f"editing/{seed}").shuffle(ordered)
     with ShardWriter(out_dir, "editing", shard_size) as writer:
-        for index, record in enumerate(ordered):
+        for index, record in enumerate(progress(ordered, desc="editing shards (triples)")):
             try:
                 source, target = open_rgb(record.source), open_rgb(record.target)
             except Exception as err:  # unreadable or missing image: skip the triple
@@ -294,7 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     report: dict[str, dict] = {}
     try:

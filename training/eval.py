@@ -1,4 +1,4 @@
-"""Evaluate a KOSMOS-G pack checkpoint: DreamBench, MS-COCO zero-shot FID and the layout metrics.
+r"""Evaluate a KOSMOS-G pack checkpoint: DreamBench, MS-COCO zero-shot FID and the layout metrics.
 
     python -m training.eval dreambench --checkpoint kosmos-g.safetensors --sd15 models/sd15 \
         --dreambench data/dreambench --dino models/dino-vits16 --clip models/clip-vit-base-patch32 --out runs/eval/db
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from training.cli import setup_logging
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -44,6 +46,13 @@ def _load_generator(args):
     return model, sampler
 
 
+def _identity(args) -> dict:
+    """What made the images, beyond the sampler settings: a resumed run into the same --out must match it."""
+    checkpoint = Path(args.checkpoint)
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": checkpoint.stat().st_size,
+            "sd15": str(Path(args.sd15).resolve()), "dtype": args.dtype, "device": _device(args.device)}
+
+
 def cmd_dreambench(args) -> dict:
     from .evaluation import dreambench
     from .evaluation.dreambench_protocol import load_dreambench
@@ -61,7 +70,8 @@ def cmd_dreambench(args) -> dict:
             subjects = [replace(s, prompts=s.prompts[: args.prompts]) for s in subjects]
         model, sampler = _load_generator(args)
         with torch.inference_mode():
-            entries = dreambench.generate(model, sampler, subjects, out, settings, args.samples, args.seed)
+            entries = dreambench.generate(model, sampler, subjects, out, settings, args.samples, args.seed,
+                                          identity=_identity(args))
         del model, sampler
     device = _device(args.device)
     dino = DinoEncoder(args.dino, device) if args.dino else None
@@ -88,11 +98,13 @@ def cmd_coco_fid(args) -> dict:
     if not args.score_only:
         model, sampler = _load_generator(args)
         with torch.inference_mode():
-            coco.generate(model, sampler, items, out, settings, args.seed, args.batch)
+            coco.generate(model, sampler, items, out, settings, args.seed, args.batch, identity=_identity(args))
         del model, sampler
     extractor = build_feature_extractor(args.features, args.feature_model, _device(args.device))
-    gen = stats_of_images(coco.generated_images(out, len(items)), extractor)
-    real = stats_of_images(coco.real_images(args.images, items, args.resolution), extractor)
+    gen = stats_of_images(coco.generated_images(out, len(items)), extractor, total=len(items),
+                          desc="FID features, generated images")
+    real = stats_of_images(coco.real_images(args.images, items, args.resolution), extractor, total=len(items),
+                           desc="FID features, real images")
     value = fid_from_stats(gen, real)
     comparable = args.features == "inception"
     results = {
@@ -144,61 +156,81 @@ def cmd_layout(args) -> dict:
     return scores
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring's examples as written, and each option's default (when it has a meaningful one) in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        meaningless = default is None or default is False or default == "" or default == [] or default == argparse.SUPPRESS
+        if not meaningless and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    summary, _, examples = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(prog="python -m training.eval", description=summary, epilog=examples,
+                                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{dreambench,coco-fid,layout}",
+                                help="the evaluation to run; `python -m training.eval <command> --help` for its options")
 
     def generation_args(p, scheduler: str, steps: int, guidance: float):
-        p.add_argument("--checkpoint", default="", help="KOSMOS-G pack .safetensors")
+        p.add_argument("--checkpoint", default="", help="KOSMOS-G pack .safetensors (not needed with --score-only)")
         p.add_argument("--sd15", default="", help="local diffusers SD1.5 folder (unet/, vae/, scheduler/)")
-        p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--scheduler", default=scheduler, choices=("dpmsolver++", "ddim"))
-        p.add_argument("--steps", type=int, default=steps)
-        p.add_argument("--guidance", type=float, default=guidance)
-        p.add_argument("--resolution", type=int, default=512)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto")
-        p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+        p.add_argument("--out", required=True, help="output folder; images already in it are kept, not redone")
+        p.add_argument("--scheduler", default=scheduler, choices=("dpmsolver++", "ddim"), help="sampling scheduler")
+        p.add_argument("--steps", type=int, default=steps, help="sampling steps")
+        p.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance scale")
+        p.add_argument("--resolution", type=int, default=512, help="generated image side in pixels")
+        p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+        p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+        p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES), help="dtype of the generator")
         p.add_argument("--score-only", action="store_true", help="score the images already in --out")
 
-    db = sub.add_parser("dreambench", help="DreamBench DINO / CLIP-I / CLIP-T (KOSMOS-G single-image protocol)")
+    db = sub.add_parser("dreambench", help="DreamBench DINO / CLIP-I / CLIP-T (KOSMOS-G single-image protocol)",
+                        description="DreamBench DINO / CLIP-I / CLIP-T with KOSMOS-G's single-image protocol "
+                                    "(docs/evaluation.md).", formatter_class=_HelpFormatter)
     generation_args(db, "dpmsolver++", 100, 7.5)
     db.add_argument("--dreambench", default="", help="folder with prompts_and_classes.txt and the subject images")
     db.add_argument("--dino", default="", help="local transformers ViTModel folder of DINO ViT-S/16")
     db.add_argument("--clip", default="", help="local transformers CLIPModel folder of CLIP ViT-B/32")
     db.add_argument("--samples", type=int, default=4, help="images per prompt (protocol: 4)")
     db.add_argument("--subjects", nargs="*", default=[], help="subset of subjects (default: all 30)")
-    db.add_argument("--prompts", type=int, default=0, help="only the first N prompts per subject (smoke runs)")
+    db.add_argument("--prompts", type=int, default=0, help="only the first N prompts per subject, 0 = all 25")
     db.set_defaults(func=cmd_dreambench)
 
-    cf = sub.add_parser("coco-fid", help="MS-COCO val2014 zero-shot FID")
+    cf = sub.add_parser("coco-fid", help="MS-COCO val2014 zero-shot FID",
+                        description="MS-COCO val2014 zero-shot FID: one image per sampled caption against the real "
+                                    "images of those captions (docs/evaluation.md).", formatter_class=_HelpFormatter)
     generation_args(cf, "ddim", 250, 3.0)
     cf.add_argument("--captions", required=True, help="annotations/captions_val2014.json")
     cf.add_argument("--images", required=True, help="the val2014/ image folder (real images)")
-    cf.add_argument("--count", type=int, default=30000)
-    cf.add_argument("--batch", type=int, default=8)
-    cf.add_argument("--features", default="inception", choices=("inception", "clip"))
+    cf.add_argument("--count", type=int, default=30000, help="captions (and generated images)")
+    cf.add_argument("--batch", type=int, default=8, help="images generated per batch")
+    cf.add_argument("--features", default="inception", choices=("inception", "clip"), help="FID feature extractor")
     cf.add_argument("--feature-model", required=True,
                     help="inception: inception-2015-12-05.pt TorchScript file; clip: a CLIPModel folder")
     cf.set_defaults(func=cmd_coco_fid)
 
-    lay = sub.add_parser("layout", help="layout metrics of the text-to-layout planners (training.eval_layout)")
-    lay.add_argument("--out", required=True)
-    lay.add_argument("--model", default="", help="layout model .safetensors (optional)")
-    lay.add_argument("--scenes", type=int, default=500)
-    lay.add_argument("--seed", type=int, default=1)
-    lay.add_argument("--size", type=int, default=64)
-    lay.add_argument("--best-of", type=int, default=0)
-    lay.add_argument("--coco-captions", default="")
-    lay.add_argument("--coco-labels", default="")
-    lay.add_argument("--limit", type=int, default=5000)
+    lay = sub.add_parser("layout", help="layout metrics of the text-to-layout planners (training.eval_layout)",
+                         description="mIoU, count and relation accuracy of the rule-based and learned layout "
+                                     "planners (docs/layout.md).", formatter_class=_HelpFormatter)
+    lay.add_argument("--out", required=True, help="output folder")
+    lay.add_argument("--model", default="", help="layout model .safetensors (optional: rule-based planner only)")
+    lay.add_argument("--scenes", type=int, default=500, help="held-out procedural scenes")
+    lay.add_argument("--seed", type=int, default=1, help="procedural data set seed (training uses 0)")
+    lay.add_argument("--size", type=int, default=64, help="evaluation resolution")
+    lay.add_argument("--best-of", type=int, default=0, help="also score best-of-(k+1): k sampled layouts + the argmax")
+    lay.add_argument("--coco-captions", default="", help="COCO captions json (evaluate on COCO-Stuff instead)")
+    lay.add_argument("--coco-labels", default="", help="COCO-Stuff stuffthingmaps folder of the same split")
+    lay.add_argument("--limit", type=int, default=5000, help="COCO captions to evaluate")
     lay.set_defaults(func=cmd_layout)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,4 +1,4 @@
-"""Compare layout planners on held-out captions: dataset mIoU, best-of-k, presence, counts, relations.
+r"""Compare layout planners on held-out captions: dataset mIoU, best-of-k, presence, counts, relations.
 
     python -m training.eval_layout --model runs/layout/export.safetensors --scenes 500 --seed 1
     python -m training.eval_layout --model M.safetensors --coco-captions captions_val2017.json \
@@ -25,6 +25,7 @@ import numpy as np
 from kosmos_g_core.layout.learned import LearnedPlanner, load_layout_model
 from kosmos_g_core.layout.metrics import LayoutEvaluator, best_of_k
 from kosmos_g_core.layout.planner import RuleBasedPlanner
+from training.cli import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def format_table(rows: dict[str, dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m training.eval_layout", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="layout model .safetensors (from the layout stage); optional")
     ap.add_argument("--scenes", type=int, default=500, help="held-out procedural scenes")
     ap.add_argument("--seed", type=int, default=1, help="procedural data set seed (training uses 0)")
@@ -111,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--argmax", action="store_true", help="also score the learned model's raw per-pixel argmax")
     ap.add_argument("--json", default="", help="also write the scores to this file")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(fmt="%(message)s")
     if args.coco_captions:
         pairs = coco_pairs(args.coco_captions, args.coco_labels, args.size, args.limit)
         where = f"COCO-Stuff ({len(pairs)} captions)"

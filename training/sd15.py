@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.cli import setup_logging
+
 log = logging.getLogger(__name__)
 
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
@@ -91,13 +93,25 @@ def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
     return sd.get("state_dict", sd)
 
 
+def cast_module(module: nn.Module, dtype: torch.dtype | None = None,
+                device: torch.device | str | None = None) -> nn.Module:
+    """`module.to(device, dtype)`, casting only when a parameter's dtype differs.
+
+    diffusers' `ModelMixin.to` warns "should be kept in float32: []" on every call that names a dtype, even when the
+    model keeps no module in float32 (the empty list); such models go through `nn.Module.to`, which does the same
+    cast silently. A model that does keep modules in float32 still gets diffusers' own `to` (and its warning)."""
+    to = module.to if getattr(module, "_keep_in_fp32_modules", None) else nn.Module.to.__get__(module)
+    if device is not None:
+        module = to(device)
+    if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
+        module = to(dtype)
+    return module
+
+
 def _freeze(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     module.requires_grad_(False)
     module.eval()
-    module = module.to(device)
-    if any(p.dtype != dtype for p in module.parameters()):
-        module = module.to(dtype)
-    return module
+    return cast_module(module, dtype, device)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -307,11 +321,11 @@ def write_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="SD1.5 helper files for the KOSMOS-G trainer")
+    parser = argparse.ArgumentParser(prog="python -m training.sd15", description="SD1.5 helper files for the KOSMOS-G trainer")
     parser.add_argument("--write-tiny", metavar="DIR", required=True,
                         help="write a tiny random SD1.5-like diffusers folder (for smoke runs of stages 2 and 3)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()
     log.info("wrote %s", write_tiny_sd15(args.write_tiny))
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from training.cli import setup_logging
+
 from . import distributed
 from .train import Trainer
 from .train_config import TrainConfig, load_config
@@ -165,9 +167,9 @@ def format_report(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m training.throughput", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, loader)")
+    parser.add_argument("--config", required=True, help="stage TOML to measure, e.g. training/configs/stage3.toml")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, loader; default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of one device for MFU")
     parser.add_argument("--synthetic", action="store_true", help="tiny synthetic shards instead of [data] sources")
     parser.add_argument("--count-with-recompute", action="store_true",
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     # Rank 0 logs progress; other ranks only warnings and errors.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level)
     with tempfile.TemporaryDirectory(prefix="kosmos_g_bench_") as tmp:
         forced = [f'run.out_dir="{tmp}/run"', f"run.max_steps={args.warmup + args.steps + 1}", "checkpoint.every=0",
                   'checkpoint.resume=""', "sample.every=0", "log.tensorboard=false", "log.wandb=false"]

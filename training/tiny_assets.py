@@ -1,9 +1,10 @@
 """Everything the tiny configs (training/configs/tiny/*.toml) need, written locally in seconds:
 
-    python -m training.tiny_assets runs/tiny-assets --kosmos-tokenizer ../shared/data/kosmos_tokenizer
+    python -m training.tiny_assets runs/tiny-assets
 
 writes `sd15/` (a tiny random SD1.5-like diffusers folder), `shards/<kind>/` (synthetic webdataset shards of every
-kind) and `kosmos_tokenizer/` (a copy of the KOSMOS-G tokenizer files). Then the stages chain:
+kind) and `kosmos_tokenizer/` (a copy of the KOSMOS-G tokenizer files; default: the official ones shipped in
+`kosmos_g_core/assets/kosmos_tokenizer/`). Then the stages chain:
 
     python -m training.train --config training/configs/tiny/stage1.toml
     python -m training.train --config training/configs/tiny/stage2.toml
@@ -16,6 +17,8 @@ import argparse
 import logging
 import shutil
 from pathlib import Path
+
+from training.cli import setup_logging
 
 from .sd15 import write_tiny_sd15
 
@@ -44,12 +47,16 @@ def write_tiny_assets(out_dir: str | Path, kosmos_tokenizer: str | Path | None =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="write the files the tiny training configs use")
-    parser.add_argument("out_dir", nargs="?", default="runs/tiny-assets")
-    parser.add_argument("--kosmos-tokenizer", default="../shared/data/kosmos_tokenizer",
-                        help="folder with sentencepiece.bpe.model + dict.txt")
+    from kosmos_g_core.tokenizer import BUNDLED_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m training.tiny_assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", nargs="?", default="runs/tiny-assets", help="output folder (default runs/tiny-assets)")
+    parser.add_argument("--kosmos-tokenizer", default=str(BUNDLED_DIR),
+                        help="folder with sentencepiece.bpe.model + dict.txt (default: the official files shipped in "
+                             "kosmos_g_core/assets/kosmos_tokenizer/)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()
     log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer))
 
 

@@ -1,4 +1,4 @@
-"""KOSMOS-G trainer: one entry point for every stage, on one CPU, one GPU or many nodes.
+r"""KOSMOS-G trainer: one entry point for every stage, on one CPU, one GPU or many nodes.
 
     # 1 process (CPU or one GPU); plain python works too
     torchrun --standalone --nproc_per_node 1 -m training.train --config training/configs/stage2.toml
@@ -37,6 +37,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import distributed
 from .checkpoint import CheckpointManager
+from .cli import setup_logging
 from .data.stats import SKIP_REASONS
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, unwrap
 from .metrics_log import MetricsLogger, memory_metrics
@@ -300,12 +301,22 @@ def run(cfg: TrainConfig) -> RunResult:
     return result
 
 
+def _shipped_configs() -> str:
+    """The --help list of training/configs/**/*.toml, each with the first line of its leading comment."""
+    root = Path(__file__).resolve().parent
+    lines = ["shipped configs (docs/training.md has every key):"]
+    for path in sorted((root / "configs").rglob("*.toml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        lines.append(f"  {path.relative_to(root.parent)}  {first.lstrip('# ').rstrip(':') if first.startswith('#') else ''}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train a KOSMOS-G stage (see the module docstring for torchrun commands).",
-        epilog="Overrides: dotted.key=value pairs after the options, e.g. optim.lr=1e-4 data.batch_size=8")
-    parser.add_argument("--config", required=True, help="stage TOML, e.g. training/configs/stage2.toml")
+        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_shipped_configs() + "\n\noverrides: dotted.key=value pairs after the options, e.g. optim.lr=1e-4 "
+                                     "data.batch_size=8")
+    parser.add_argument("--config", required=True, help="stage TOML, e.g. training/configs/stage2.toml (list below)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
     return parser.parse_args(argv)
 
@@ -314,7 +325,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     # Rank 0 logs progress; other ranks only warnings and errors.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level)
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run(cfg)

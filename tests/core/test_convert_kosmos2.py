@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 import shutil
 
-import pytest
 import torch
+import transformers
 from PIL import Image
 
 from kosmos_g_core.checkpoint import load_checkpoint, read_header
 from kosmos_g_core.convert import main
 from kosmos_g_core.kosmos2_checkpoint import hf_to_official_key
 from kosmos_g_core.prompt import InterleavedPrompt
-
-transformers = pytest.importorskip("transformers")
 
 HF_VOCAB = 64100
 

@@ -188,3 +188,10 @@ def test_from_bytes_errors_name_the_source(kosmos_tokenizer):
         KosmosTokenizer.from_bytes(b"junk", kosmos_tokenizer.dict_bytes, source="model.safetensors")
     with pytest.raises(TokenizerError, match=r"model\.safetensors \(dict\.txt\), line 1"):
         KosmosTokenizer.from_bytes(kosmos_tokenizer.spm_bytes, b"nonsense", source="model.safetensors")
+
+
+def test_bundled_tokenizer_is_the_official_one(kosmos_tokenizer):
+    """KosmosTokenizer.bundled() (the files shipped in kosmos_g_core/assets/) gives the official ids."""
+    tok = KosmosTokenizer.bundled()
+    assert len(tok) == 64007 and tok.spm_bytes == kosmos_tokenizer.spm_bytes
+    assert tok.encode("a dog swimming underwater") == [10, 1133, 4569, 12888]

@@ -1,6 +1,7 @@
 """Tiny random scorer models and a tiny generator (toy base model + tiny KOSMOS-G) built in tmp folders."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -52,3 +53,17 @@ def tiny_generator(tmp_path_factory):
     base = train_base_model(root / "base", BaseModelConfig.test(), seed=0)
     ckpt = _init_checkpoint(root / "kosmos_g.safetensors", write_kosmos_tokenizer(root / "tok"), base, seed=0)
     return ckpt, base
+
+
+@pytest.fixture()
+def save_torchscript():
+    """save(module, path): a TorchScript file, the only format the FID Inception comes in; torch's deprecation of
+    torch.jit is expected here and silenced for this call only."""
+
+    def save(module: torch.nn.Module, path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|save)` is deprecated",
+                                    category=DeprecationWarning)
+            torch.jit.script(module).save(str(path))
+
+    return save

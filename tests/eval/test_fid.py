@@ -63,9 +63,9 @@ class _FakeInception(torch.nn.Module):
         return torch.stack([x.mean(dim=(1, 2, 3)), x[:, 0].std(dim=(1, 2)), x[:, 2].mean(dim=(1, 2))], dim=1)
 
 
-def test_inception_torchscript_extractor(tmp_path):
+def test_inception_torchscript_extractor(tmp_path, save_torchscript):
     path = tmp_path / "inception.pt"
-    torch.jit.script(_FakeInception()).save(str(path))
+    save_torchscript(_FakeInception(), path)
     extractor = build_feature_extractor("inception", path)
     assert isinstance(extractor, InceptionFeatures)
     rng = np.random.default_rng(1)

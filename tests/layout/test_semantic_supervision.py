@@ -3,10 +3,9 @@ w.r.t. the conditioning, the grounding loss prefers attention on the mask, the A
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
-
-diffusers = pytest.importorskip("diffusers")
 
 from training.semantic_supervision import (  # noqa: E402
     RecordingCrossAttnProcessor,
@@ -129,7 +128,7 @@ def test_mllm_positions_need_the_aligner_and_map_through_it():
 
 
 def _tiny_segmenter(path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     cfg = transformers.SegformerConfig(
         num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
         patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2], decoder_hidden_size=16,

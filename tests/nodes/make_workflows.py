@@ -1,5 +1,6 @@
-"""Writes the shipped workflows: workflows/<name>.json (UI format, opens under Templates) and
-workflows/api/<name>.json (API format, for POST /prompt and the tests), from the specs below.
+"""Writes the shipped workflows: workflows/<name>.json (UI format, opens under Templates, titled by its file name),
+workflows/<name>.jpg (its thumbnail, workflow_thumbnails.py) and workflows/api/<name>.json (API format, for
+POST /prompt and the tests), from the specs below.
 
 Both files come from one spec, so they describe the same graph; the UI file's widget order comes from a running
 ComfyUI's /object_info (the same source the frontend uses). Run against a ComfyUI that has the pack installed:
@@ -25,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_format import _input_specs, extra_widget_values, is_widget  # noqa: E402
+from workflow_thumbnails import write_all as write_thumbnails  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_ID, PACK_VERSION = "kosmos-g", "0.1.0"
@@ -90,7 +92,7 @@ def _loaders() -> list[Node]:
 
 def workflows() -> list[Workflow]:
     subject = Workflow(
-        "kosmos_g_subject_driven",
+        "KOSMOS-G subject-driven generation",
         "## KOSMOS-G: subject-driven generation\n\nOne reference image, zero-shot: write `<i>` where the subject "
         "goes. Swap *example.png* for a photo of your subject (a plain background works best; connect a subject "
         f"mask to paint the rest white).\n\nModels: `models/checkpoints/{SD15}`, `models/kosmos_g/{KOSMOS_G}`.",
@@ -102,7 +104,7 @@ def workflows() -> list[Workflow]:
         ] + _common(1, model=(2, 0), prefix="kosmos_g/subject"),
     )
     multi = Workflow(
-        "kosmos_g_multi_entity",
+        "KOSMOS-G multi-entity composition",
         "## KOSMOS-G: several subjects in one image\n\n`<i> wearing <i>`: image_1 fills the first `<i>`, image_2 "
         "the second. More images: more `<i>`, image_3/image_4, an image batch, or chain a second builder into "
         "`prompt`.",
@@ -115,7 +117,7 @@ def workflows() -> list[Workflow]:
         ] + _common(1, prefix="kosmos_g/multi_entity"),
     )
     controlnet = Workflow(
-        "kosmos_g_controlnet_canny",
+        "KOSMOS-G with ControlNet canny",
         "## KOSMOS-G + ControlNet (canny)\n\nThe subject comes from the interleaved prompt, the layout from the "
         "edges of the structure image. KOSMOS-G's positive *and* negative go through Apply ControlNet, as in the "
         f"paper's ControlNet demo. ControlNet: `models/controlnet/{CANNY}`.",
@@ -131,7 +133,7 @@ def workflows() -> list[Workflow]:
         ] + _common(1, positive=(14, 0), negative=(14, 1), prefix="kosmos_g/controlnet"),
     )
     lora = Workflow(
-        "kosmos_g_lora",
+        "KOSMOS-G with a LoRA",
         "## KOSMOS-G + LoRA\n\nKOSMOS-G replaces CLIP, so the LoRA is applied to the MODEL only (Load LoRA (Model "
         "Only)); 'lora key not loaded: lora_te_...' warnings about its text-encoder part are expected. The LoRA's "
         "trigger words still work through CLIP: CLIP Text Encode + *KOSMOS-G + CLIP Text (Concat)*. Put your SD1.5 "
@@ -149,7 +151,7 @@ def workflows() -> list[Workflow]:
         ] + _common(1, model=(2, 0), positive=(12, 0), prefix="kosmos_g/lora"),
     )
     txt2img = Workflow(
-        "kosmos_g_txt2img",
+        "KOSMOS-G text to image",
         "## The default text-to-image workflow, with KOSMOS-G\n\nComfyUI's default graph with both CLIP Text "
         "Encode nodes replaced by *KOSMOS-G Text Encode* (same inputs, same output). The empty negative gives "
         "KOSMOS-G's own unconditional embedding.",
@@ -169,7 +171,7 @@ def workflows() -> list[Workflow]:
         ],
     )
     editing = Workflow(
-        "kosmos_g_image_editing",
+        "KOSMOS-G image editing",
         "## KOSMOS-G: image editing from an instruction\n\n`<i>` (the image to edit) followed by the edit, as in "
         "the paper's InstructPix2Pix-style data. The image is re-generated from the prompt (no VAE encode), so the "
         "subject is kept and the rest follows the instruction. CFG 6 keeps it closer to the source.",
@@ -298,6 +300,7 @@ def main() -> None:
     for wf in workflows():
         _write(args.out / f"{wf.name}.json", to_ui(wf, object_info))
         _write(args.out / "api" / f"{wf.name}.json", to_api(wf, object_info))
+    write_thumbnails(args.out)  # the frontend's template card image, <name>.jpg beside each UI file
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import copy
 import json
 import shlex
 import subprocess
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,11 @@ def test_pack_imports_without_error(comfy_server):
     assert comfy_server.get("/models/kosmos_g"), "models/kosmos_g is not registered or is empty"
     templates = comfy_server.get("/api/workflow_templates")
     assert sorted(templates["kosmos_g"]) == sorted(p.stem for p in API_WORKFLOWS)
+    for name in templates["kosmos_g"]:  # the URLs the frontend requests for the template card and the graph
+        for suffix, kind in ((".jpg", "image/jpeg"), (".json", "application/json")):
+            url = comfy_server.url + "/api/workflow_templates/kosmos_g/" + urllib.parse.quote(name + suffix)
+            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (the test's own local server)
+                assert response.status == 200 and response.headers["Content-Type"].startswith(kind), url
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
@@ -67,7 +74,7 @@ def test_pack_imports_without_error(comfy_server):
 def _base_prompt() -> dict[str, Any]:
     """The KOSMOS-G part of the subject-driven workflow (load, image, builder, encode) ending in an info node, so a
     bad input costs no U-Net run."""
-    workflow = json.loads((REPO_ROOT / "workflows" / "api" / "kosmos_g_subject_driven.json").read_text())
+    workflow = json.loads((REPO_ROOT / "workflows" / "api" / "KOSMOS-G subject-driven generation.json").read_text())
     prompt = {k: v for k, v in workflow.items()
               if v["class_type"] in ("KosmosGLoader", "LoadImage", "KosmosGInterleavedPrompt", "KosmosGEncode")}
     encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")

@@ -25,7 +25,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = HERE.parents[1] / "workflows"
-NAMES = ("layout_controlnet_seg", "layout_regional")
+NAMES = ("Layout to ControlNet seg", "Layout with regional prompts")
 SEG = "control_v11p_sd15_seg_fp16.safetensors"
 SHEEP = "Two sheep, one eating grass with a tree in front of a mountain; the sky has a cloud"
 
@@ -65,7 +65,7 @@ def _specs(mw):
         ]
 
     plain = Workflow(
-        "layout_controlnet_seg",
+        "Layout to ControlNet seg",
         "## Prompt -> layout -> ControlNet segmentation, with KOSMOS-G conditioning\n\n*Prompt to Layout* plans a "
         "segmentation map from the scene prompt (two separate sheep, the tree in front of the mountain, the cloud "
         "in the sky) and renders it in the COCO palette that the stock `control_v11p_sd15_seg` understands. The "
@@ -75,8 +75,8 @@ def _specs(mw):
         base + tail((5, 0)),
     )
     regional = Workflow(
-        "layout_regional",
-        "## Layout + regional prompt for one entity\n\nAs *layout_controlnet_seg*, plus an entity mask: *Layout "
+        "Layout with regional prompts",
+        "## Layout + regional prompt for one entity\n\nAs *Layout to ControlNet seg*, plus an entity mask: *Layout "
         "Entity Mask* cuts the mask of `sheep` (every sheep; `sheep 2/2` for one) out of the layout, and the stock "
         "*Conditioning (Set Mask)* restricts a second KOSMOS-G prompt to it. The entity list output of Prompt to "
         "Layout shows the names and labels you can use.",

@@ -9,18 +9,20 @@ type must exist.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.startswith("layout"))
-API_FILES = sorted(p for p in (WORKFLOWS / "api").glob("*.json") if not p.name.startswith("layout"))
+UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.startswith("Layout "))
+API_FILES = sorted(p for p in (WORKFLOWS / "api").glob("*.json") if not p.name.startswith("Layout "))
 # The conversion check covers every shipped workflow, the layout ones included.
 ALL_UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
-EXPECTED = {"kosmos_g_subject_driven", "kosmos_g_multi_entity", "kosmos_g_controlnet_canny", "kosmos_g_lora",
-            "kosmos_g_txt2img", "kosmos_g_image_editing"}
+EXPECTED = {"KOSMOS-G subject-driven generation", "KOSMOS-G multi-entity composition", "KOSMOS-G with ControlNet canny", "KOSMOS-G with a LoRA",
+            "KOSMOS-G text to image", "KOSMOS-G image editing"}
 
 
 def load(path: Path) -> dict:
@@ -68,7 +70,7 @@ def test_api_graph_and_paper_settings(path):
 
 
 def test_the_txt2img_workflow_has_no_clip_text_encode():
-    types = {n["class_type"] for n in load(WORKFLOWS / "api" / "kosmos_g_txt2img.json").values()}
+    types = {n["class_type"] for n in load(WORKFLOWS / "api" / "KOSMOS-G text to image.json").values()}
     assert "CLIPTextEncode" not in types and "KosmosGTextEncode" in types
 
 
@@ -80,3 +82,20 @@ def test_ui_converts_to_its_api_twin_through_object_info(comfy_server, test_help
     for node in workflow["nodes"]:
         assert node["type"] in object_info or node["type"] in FRONTEND_ONLY, f"unknown node type {node['type']}"
     assert converter.ui_to_api(workflow, object_info) == load(WORKFLOWS / "api" / path.name)
+
+
+@pytest.mark.parametrize("path", ALL_UI_FILES, ids=lambda p: p.stem)
+def test_every_template_has_a_title_and_a_thumbnail(path, test_helper):
+    """ComfyUI's frontend titles a pack's template by its file name and shows /api/workflow_templates/<pack>/<name>.jpg:
+    the name must read as a title, and the JPEG must exist and be the schematic of this very graph."""
+    from PIL import Image
+
+    assert re.fullmatch(r"(KOSMOS-G|Layout) [A-Za-z0-9 ,-]+", path.stem), f"{path.stem!r} does not read as a title"
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"{thumbnail} missing: run python tests/nodes/workflow_thumbnails.py"
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.size == (512, 384)
+        shipped = np.asarray(image.convert("RGB"), dtype=np.float32)
+    drawn = np.asarray(test_helper("workflow_thumbnails").render(load(path), path.stem), dtype=np.float32)
+    # JPEG noise is about 1.0-1.5 per channel; the two most alike shipped graphs differ by 2.1
+    assert np.abs(shipped - drawn).mean() < 1.8, f"{thumbnail} is out of date: run python tests/nodes/workflow_thumbnails.py"

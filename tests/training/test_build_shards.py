@@ -12,6 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from training import build_shards
@@ -20,8 +21,6 @@ from training.data.captioner import ImageCaptioner
 from training.data.entity_extractor import LLMEntityExtractor, RuleEntityExtractor, parse_entity_answer
 from training.data.local_models import ModelFolderError
 from training.data.segmenter import ClipSegSegmenter, clean_mask, entity_crops, square_box
-
-transformers = pytest.importorskip("transformers")
 
 SIZE = 64
 IMAGES = ["backpack_dog.jpg", "bear_plushie.jpg", "cat.jpg", "clock.jpg"]
@@ -279,7 +278,7 @@ def test_editing_shards_from_ip2p_folder_and_jsonl(tmp_path, dreambench_dir, kos
 
 
 def test_llm_entity_extractor_with_a_tiny_causal_lm(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     words = ["[UNK]", "</s>", "dog", "cat", "ball", ",", "a", "the", "with", "#", "sofa", "on"]
     word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, "[UNK]"))
     word_level.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()

@@ -326,7 +326,6 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
 
 def test_stage3_with_real_grounding_supervision_is_unchanged_by_activation_checkpointing(assets):
     """Checkpointed layers re-run in backward and would leave stale attention records for the next step."""
-    pytest.importorskip("training.semantic_supervision")
     from dataclasses import replace
 
     losses = {}

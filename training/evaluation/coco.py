@@ -12,15 +12,18 @@ import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .images import load_rgb, resize_center_crop
-from .report import write_json
+from kosmos_g_core.image import resize_and_crop
+from training.cli import progress
+
+from .images import load_rgb
+from .report import claim_output, save_image, write_json
 from .sampler import DiffusionSampler, SamplerSettings, to_pil
 
 log = logging.getLogger(__name__)
@@ -53,11 +56,19 @@ def load_captions(path: str | Path, count: int = 30000, seed: int = 0) -> list[C
 
 
 def generate(model, sampler: DiffusionSampler, items: Sequence[CocoItem], out_dir: str | Path,
-             settings: SamplerSettings, seed: int = 0, batch: int = 8) -> Path:
-    """One image per caption into <out_dir>/samples/<index:05d>.png (existing files are kept: resumable)."""
+             settings: SamplerSettings, seed: int = 0, batch: int = 8, identity: Mapping | None = None) -> Path:
+    """One image per caption into <out_dir>/samples/<index:05d>.png.
+
+    Resumable: a batch whose images are all there is skipped, and the noise of a batch depends only on its start, so
+    a resumed run ends with the same images as an uninterrupted one. The batch size, settings, seed and `identity`
+    (checkpoint, SD1.5 folder...) go to out_dir/generation.json, which a resumed run must match."""
     folder = Path(out_dir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(items), batch):
+    claim_output(out_dir, {"benchmark": "coco-fid", "settings": asdict(settings), "seed": seed, "batch": batch,
+                           "count": len(items), **(identity or {})})
+    starts = range(0, len(items), batch)
+    made = 0
+    for start in progress(starts, desc=f"COCO generation (batches of {batch})"):
         chunk = items[start : start + batch]
         paths = [folder / f"{start + i:05d}.png" for i in range(len(chunk))]
         if all(p.is_file() for p in paths):
@@ -67,8 +78,10 @@ def generate(model, sampler: DiffusionSampler, items: Sequence[CocoItem], out_di
         images = sampler.sample(encoded.cond, encoded.uncond, settings.steps, settings.guidance, settings.resolution,
                                 generator)
         for img, p in zip(to_pil(images), paths, strict=True):
-            img.save(p)
-        log.info("COCO: %d/%d", start + len(chunk), len(items))
+            if not p.is_file():  # the batch's other images are already there, and equal to these
+                save_image(img, p)
+        made += 1
+    log.info("COCO: %d batches generated, %d already in %s", made, len(starts) - made, folder)
     write_json({"settings": asdict(settings), "seed": seed,
                 "captions": [asdict(it) | {"file": f"samples/{i:05d}.png"} for i, it in enumerate(items)]},
                Path(out_dir) / "manifest.json")
@@ -86,4 +99,4 @@ def real_images(images_dir: str | Path, items: Sequence[CocoItem], resolution: i
     if not images_dir.is_dir():
         raise FileNotFoundError(f"COCO image folder not found: {images_dir} (expected the val2014/ folder)")
     for it in items:
-        yield resize_center_crop(load_rgb(images_dir / it.file_name), resolution, resolution)
+        yield resize_and_crop(load_rgb(images_dir / it.file_name), resolution)

@@ -1,23 +1,27 @@
 """DreamBench generation and scoring with KOSMOS-G's protocol (see dreambench_protocol.py for the prompts).
 
-Generation writes `samples/<subject>/<prompt:02d>_<k>.png` and `manifest.json`; scoring reads the manifest, so
-images made elsewhere (e.g. a ComfyUI batch) can be scored by writing the same manifest.
+Generation writes `samples/<subject>/<prompt:02d>_<k>.png`, `generation.json` (how they were made) and
+`manifest.json`; it resumes, skipping images already there. Scoring reads the manifest, so images made elsewhere
+(e.g. a ComfyUI batch) can be scored by writing the same manifest.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from training.cli import progress
+
 from .dreambench_protocol import DreamBenchSubject
 from .encoders import ClipEncoder, DinoEncoder
 from .images import load_rgb
-from .report import bar_chart, image_grid, markdown_table, write_json
+from .report import bar_chart, claim_output, image_grid, markdown_table, save_image, write_json
 from .sampler import DiffusionSampler, SamplerSettings, to_pil
 from .similarity import image_similarity, text_similarity
 
@@ -27,35 +31,54 @@ SCORES = ("DINO", "CLIP-I", "CLIP-T")
 PAPER = {"DINO": 0.694, "CLIP-I": 0.847, "CLIP-T": 0.287}  # KOSMOS-G zero-shot, single image
 
 
+def _seed(seed: int, subject: str, prompt_index: int) -> int:
+    """One generator per (subject, prompt), from the subject's name: any subset or order of subjects, and a resumed
+    run, reproduces the same images."""
+    return seed * 1_000_003 + zlib.crc32(subject.encode()) % 1_000_000 * 1000 + prompt_index
+
+
 def generate(
     model, sampler: DiffusionSampler, subjects: Sequence[DreamBenchSubject], out_dir: str | Path,
-    settings: SamplerSettings, samples_per_prompt: int = 4, seed: int = 0,
+    settings: SamplerSettings, samples_per_prompt: int = 4, seed: int = 0, identity: Mapping | None = None,
 ) -> list[dict]:
-    """Sample `samples_per_prompt` images for every (subject, prompt); returns the manifest entries."""
+    """Sample `samples_per_prompt` images for every (subject, prompt); returns the manifest entries.
+
+    Resumable: a (subject, prompt) whose images are all in `out_dir` is skipped (not even encoded), so an interrupted
+    run continues where it stopped and ends with the same images as an uninterrupted one. `identity` (what made the
+    images: checkpoint, SD1.5 folder...) joins the settings in out_dir/generation.json, which a resumed run must match.
+    """
     from kosmos_g_core.prompt import InterleavedPrompt
 
     out = Path(out_dir)
+    claim_output(out, {"benchmark": "dreambench", "settings": asdict(settings),
+                       "samples_per_prompt": samples_per_prompt, "seed": seed, **(identity or {})})
     entries: list[dict] = []
-    for s_idx, subject in enumerate(subjects):
-        reference = load_rgb(subject.reference)
+    jobs = [(subject, prompt) for subject in subjects for prompt in subject.prompts]
+    made = 0
+    references: dict[str, object] = {}
+    for subject, prompt in progress(jobs, desc="DreamBench generation (subject, prompt)"):
         folder = out / "samples" / subject.name
+        paths = [folder / f"{prompt.index:02d}_{k}.png" for k in range(samples_per_prompt)]
+        entries += [{
+            "subject": subject.name, "class": subject.class_name, "prompt_index": prompt.index,
+            "input_prompt": prompt.kosmos, "scored_prompt": prompt.scored,
+            "reference": str(subject.reference), "file": str(path.relative_to(out)),
+        } for path in paths]
+        if all(p.is_file() for p in paths):
+            continue
+        if subject.name not in references:
+            references[subject.name] = load_rgb(subject.reference)
+        encoded = model.encode(InterleavedPrompt.from_text(prompt.kosmos, images=[references[subject.name]]))
+        cond = encoded.cond.expand(samples_per_prompt, -1, -1)
+        generator = torch.Generator().manual_seed(_seed(seed, subject.name, prompt.index))
+        images = sampler.sample(cond, encoded.uncond[:1], settings.steps, settings.guidance,
+                                settings.resolution, generator)
         folder.mkdir(parents=True, exist_ok=True)
-        for prompt in subject.prompts:
-            encoded = model.encode(InterleavedPrompt.from_text(prompt.kosmos, images=[reference]))
-            cond = encoded.cond.expand(samples_per_prompt, -1, -1)
-            # One generator per (subject, prompt): any subset of subjects reproduces the same images.
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + s_idx * 1000 + prompt.index)
-            images = sampler.sample(cond, encoded.uncond[:1], settings.steps, settings.guidance,
-                                    settings.resolution, generator)
-            for k, img in enumerate(to_pil(images)):
-                path = folder / f"{prompt.index:02d}_{k}.png"
-                img.save(path)
-                entries.append({
-                    "subject": subject.name, "class": subject.class_name, "prompt_index": prompt.index,
-                    "input_prompt": prompt.kosmos, "scored_prompt": prompt.scored,
-                    "reference": str(subject.reference), "file": str(path.relative_to(out)),
-                })
-            log.info("%s: %r -> %d images", subject.name, prompt.kosmos, samples_per_prompt)
+        for img, path in zip(to_pil(images), paths, strict=True):
+            if not path.is_file():  # the pair's other images are already there, and equal to these
+                save_image(img, path)
+        made += 1
+    log.info("DreamBench: %d (subject, prompt) pairs generated, %d already in %s", made, len(jobs) - made, out)
     write_json({"settings": asdict(settings), "samples_per_prompt": samples_per_prompt, "seed": seed,
                 "images": entries}, out / "manifest.json")
     return entries
@@ -72,7 +95,7 @@ def score(
     per_subject: dict[str, dict[str, float]] = {}
     weighted: dict[str, float] = defaultdict(float)
     total = 0
-    for name, items in by_subject.items():
+    for name, items in progress(list(by_subject.items()), desc="DreamBench scoring (subjects)"):
         generated = [load_rgb(root / e["file"]) for e in items]
         reference = [load_rgb(items[0]["reference"])]
         row: dict[str, float] = {"images": len(items)}

@@ -14,6 +14,7 @@ So the distance is computed here (float64, scipy `sqrtm`, the standard formula) 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import linalg
+
+from training.cli import progress
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,11 @@ class InceptionFeatures:
                 f"FID Inception TorchScript file not found: {path} (expected inception-2015-12-05.pt, "
                 "the file clean-fid / StyleGAN2-ADA use; see docs/evaluation.md)"
             )
-        # TorchScript archive, not a pickle: torch.jit.load runs no Python code from the file.
-        self.model = torch.jit.load(str(path), map_location=device).eval()
+        # TorchScript archive, not a pickle: torch.jit.load runs no Python code from the file. The FID-standard
+        # Inception exists only as TorchScript, so torch's deprecation of torch.jit is silenced here, for this call.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
+            self.model = torch.jit.load(str(path), map_location=device).eval()
         self.device = torch.device(device)
 
     @torch.no_grad()
@@ -118,11 +124,12 @@ def build_feature_extractor(kind: str, path: str | Path, device: str | torch.dev
     raise ValueError(f"unknown FID feature extractor {kind!r}; use 'inception' or 'clip'")
 
 
-def stats_of_images(images: Iterable[Image.Image], extractor, batch_size: int = 50) -> FeatureStats:
-    """Feature statistics of a stream of PIL images, extracted in batches."""
+def stats_of_images(images: Iterable[Image.Image], extractor, batch_size: int = 50, total: int | None = None,
+                    desc: str = "FID features (images)") -> FeatureStats:
+    """Feature statistics of a stream of PIL images (`total` of them, for the progress display), in batches."""
     feats: list[torch.Tensor] = []
     batch: list[Image.Image] = []
-    for img in images:
+    for img in progress(images, total=total, desc=desc):
         batch.append(img)
         if len(batch) == batch_size:
             feats.append(extractor(batch))

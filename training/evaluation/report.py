@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +16,34 @@ def write_json(data: Mapping, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """PNG written under a temporary name, then renamed: an interrupted run never leaves a truncated image that a
+    resumed run would take for a finished one."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    image.save(part, format="PNG")
+    os.replace(part, path)
+    return path
+
+
+def claim_output(folder: str | Path, identity: Mapping) -> None:
+    """Generation resumes into `folder` (images already there are kept), which is only right if they were made the
+    same way: the first run writes `identity` (checkpoint, settings, seed...) to folder/generation.json, and later
+    runs must match it."""
+    path = Path(folder) / "generation.json"
+    identity = json.loads(json.dumps(identity))  # as it reads back from JSON (tuples -> lists)
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = {k: (before.get(k), identity.get(k)) for k in before.keys() | identity.keys()
+                   if before.get(k) != identity.get(k)}
+        if changed:
+            details = "; ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in sorted(changed.items()))
+            raise ValueError(f"{path}: the images in {Path(folder)} were generated with other settings ({details}); "
+                             "use another --out folder, or the same settings to resume")
+        return
+    write_json(identity, path)
 
 
 def markdown_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str], first: str = "subject",

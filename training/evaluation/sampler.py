@@ -64,8 +64,10 @@ def build_scheduler(name: str, folder: str | Path):
 
 class DiffusionSampler:
     def __init__(self, unet, vae, scheduler, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        self.unet = unet.to(device=device, dtype=dtype).eval()
-        self.vae = vae.to(device=device, dtype=dtype).eval()
+        from training.sd15 import cast_module
+
+        self.unet = cast_module(unet, dtype, device).eval()
+        self.vae = cast_module(vae, dtype, device).eval()
         self.scheduler = scheduler
         self.device = torch.device(device)
         self.dtype = dtype
@@ -86,8 +88,8 @@ class DiffusionSampler:
                     f"{folder} is not a diffusers Stable Diffusion 1.5 folder: missing {sub}/ "
                     "(expected unet/, vae/, scheduler/ as in runwayml/stable-diffusion-v1-5)"
                 )
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, torch_dtype=dtype)
         return cls(unet, vae, build_scheduler(scheduler, folder), device, dtype)
 
     @torch.no_grad()

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.cli import setup_logging
+from training.sd15 import cast_module
+
 from .clip_tokenizer import write_clip_tokenizer
 from .scenes import COLOURS, PLACES, SHAPES, random_scene, render, vocabulary
 
@@ -265,9 +268,8 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
     unet_loss = _train_unet(unet, vae, scheduler, embed, cfg, rng)
     seconds["unet"] = time.time() - t0 - seconds["vae"] - seconds["text_encoder"]
 
-    unet.to(save_dtype).save_pretrained(out / "unet")
-    vae.to(save_dtype).save_pretrained(out / "vae")
-    text.to(save_dtype).save_pretrained(out / "text_encoder")
+    for module, sub in ((unet, "unet"), (vae, "vae"), (text, "text_encoder")):
+        cast_module(module, save_dtype).save_pretrained(out / sub)
     scheduler.save_pretrained(out / "scheduler")
     cfg_path = out / "scheduler" / "scheduler_config.json"
     sched_cfg = json.loads(cfg_path.read_text()) | {"set_alpha_to_one": False, "skip_prk_steps": True}
@@ -300,14 +302,18 @@ def main(argv: list[str] | None = None) -> None:
     """python -m training.toy_world.base_model --out training/toy_world/assets/base --fp16  (the shipped copy)"""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m training.toy_world.base_model", description=main.__doc__)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m training.toy_world.base_model",
+                                     description="Train the toy world's SD1.5-shaped base model (VAE, CLIP-shaped text "
+                                                 "encoder, U-Net) and save it as a diffusers folder.\n\n" + main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (a diffusers SD1.5-layout folder)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy",
+                        help="model and training size: toy (the toy world's) or test (seconds) (default toy)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and the weights (default 0)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     parser.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     train_base_model(args.out, PRESETS[args.preset](), args.seed, args.threads or None,
                      torch.float16 if args.fp16 else torch.float32)
 

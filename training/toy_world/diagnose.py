@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from training.cli import setup_logging
 from training.evaluation.report import markdown_table, write_json
 
 from .scenes import PLACES, Scene, all_subjects, reference_image, render
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", default="runs/toy_world", help="folder of a toy-world run")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.stdout.write(format_table(diagnose_run(args.run)))

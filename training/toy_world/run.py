@@ -1,6 +1,6 @@
 """The toy-world run: base model, then the real stage 1, 2 and 3 trainer at tiny scale, then the measurements.
 
-    python -m training.toy_world.run --out runs/toy_world            # the full run (<= 30 min on 2 CPU cores)
+    python -m training.toy_world.run --out runs/toy_world            # the full run (about 20 min on 2 CPU cores)
     python -m training.toy_world.run --out runs/toy_smoke --preset smoke
 
 Writes under --out: `base/` (the SD1.5-layout toy base model), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from training.cli import setup_logging
 from training.evaluation.report import write_json
 
 from . import toml_writer
@@ -198,32 +199,37 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
 
 
 # Results are bit-reproducible only at a fixed thread count (the order of floating-point sums in a matmul depends
-# on it), so the toy world's commands use 2 threads unless told otherwise, whatever the machine's load.
+# on it), so the toy world's commands use 2 threads unless told otherwise, whatever the machine's load: a busy
+# machine makes a run slower, never different.
 DEFAULT_THREADS = 2
 
 
 def add_thread_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"torch CPU threads (default {DEFAULT_THREADS}; the numbers are reproducible at a fixed "
-                             "count, and a busy machine only makes the run slower)")
+                        help=f"torch CPU threads (default {DEFAULT_THREADS}: the numbers are reproducible at a fixed "
+                             "count; the choice is logged)")
 
 
 def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
-    log.info("torch CPU threads: %d", threads)
+    log.info("using %d torch CPU thread%s", threads, "" if threads == 1 else "s")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.toy_world.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/toy_world", help="output folder")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m training.toy_world.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/toy_world", help="output folder (default runs/toy_world)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="full: the measured run in docs/evaluation.md (about 20 min on 2 cores); demo: the "
+                             "shorter stages of `python -m training.demo`; smoke: every step for a few iterations "
+                             "(about a minute) (default full)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
     add_thread_option(parser)
     parser.add_argument("--kosmos-tokenizer", default=None,
                         help="folder with the real sentencepiece.bpe.model + dict.txt (default: train a toy one)")
     parser.add_argument("--base", default=None, help="reuse a trained toy base model folder instead of training one")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     set_threads(args.threads)
     cfg = replace(PRESETS[args.preset](), seed=args.seed)
     results = run(args.out, cfg, args.kosmos_tokenizer, args.base)

@@ -1,0 +1,48 @@
+"""The demo says what it does and how long it takes, the same in its --help, the README and docs/evaluation.md, and
+logs the thread count it runs with."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from training import demo
+from training.toy_world.run import DEFAULT_THREADS, set_threads
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_time_is_the_same_everywhere():
+    minutes = re.search(r"([0-9.]+) minutes measured on an idle 2-core CPU", demo.__doc__).group(1)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    docs = (REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    assert f"It takes {minutes} minutes on an idle\n2-core CPU" in readme
+    assert f"**{minutes} minutes**" in docs
+    for text in (demo.__doc__, readme, docs):
+        text = " ".join(text.split())
+        assert "--threads N" in text and "2 threads" in text and "never different" in text
+
+
+def test_the_thread_count_is_fixed_and_logged(caplog):
+    before = torch.get_num_threads()
+    try:
+        args = demo_parser_defaults()
+        assert args.threads == DEFAULT_THREADS == 2  # not the machine's load: the numbers depend on the count
+        with caplog.at_level(logging.INFO, logger="training.toy_world.run"):
+            set_threads(3)
+        assert torch.get_num_threads() == 3 and "using 3 torch CPU threads" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
+def demo_parser_defaults():
+    import argparse
+
+    from training.toy_world.run import add_thread_option
+
+    parser = argparse.ArgumentParser()
+    add_thread_option(parser)
+    return parser.parse_args([])
