@@ -100,7 +100,7 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int)
     return path
 
 
-def _stage_config(stage: str, out: Path, cfg: ToyRunConfig, init: Path, sources: list[dict], steps: int,
+def stage_config(stage: str, out: Path, cfg: ToyRunConfig, init: Path, sources: list[dict], steps: int,
                   lr: float) -> dict:
     table = {
         "stage": stage,
@@ -181,7 +181,7 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
         if export.is_file():
             log.info("%s: %s exists, skipped", stage, export)
             return export
-        return timed(stage, _train, stage, out, _stage_config(stage, out, cfg, init, sources, steps, lr))
+        return timed(stage, _train, stage, out, stage_config(stage, out, cfg, init, sources, steps, lr))
 
     s1 = train("stage1", init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr)
     s2 = train("stage2", s1, [captions], cfg.stage2_steps, cfg.stage2_lr)
