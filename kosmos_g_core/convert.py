@@ -1,7 +1,7 @@
 """`python -m kosmos_g_core.convert`: write the pack's one-file checkpoint from the official or a Kosmos-2 checkpoint.
 
-    python -m kosmos_g_core.convert --official checkpoint_final.pt --spm sentencepiece.bpe.model --dict dict.txt \\
-        --out models/kosmos_g/kosmos-g.safetensors [--dtype fp16|bf16|fp32] [--keep-aligner-decoder] \\
+    python -m kosmos_g_core.convert --official checkpoint_final.pt \\
+        --out models/kosmos_g/kosmos-g.safetensors [--spm sentencepiece.bpe.model --dict dict.txt] [--dtype fp16|bf16|fp32] [--keep-aligner-decoder] \\
         [--vision-heads N] [--mllm-heads N] [--aligner-heads N]
     python -m kosmos_g_core.convert --kosmos2 path/to/kosmos-2-patch14-224 --out models/kosmos_g/kosmos2_mllm.safetensors
 
@@ -29,7 +29,7 @@ from .config import KosmosGConfig, detect_config
 from .kosmos2_checkpoint import kosmos2_tokenizer_bytes, read_kosmos2_state_dict
 from .model import KosmosG
 from .official_checkpoint import ConversionError, map_official_state_dict, read_official_checkpoint, resolve_heads
-from .tokenizer import KosmosTokenizer
+from .tokenizer import BUNDLED_DIR, KosmosTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +180,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         help="a Hugging Face Kosmos-2 folder (model.safetensors + sentencepiece.bpe.model), "
                              "giving an MLLM-only checkpoint to train stages 2-3 from")
     parser.add_argument("-o", "--out", required=True, type=Path, help="the .safetensors file to write")
-    parser.add_argument("--spm", type=Path, help="sentencepiece.bpe.model (required with --official; "
-                                                 "default with --kosmos2: the folder's)")
+    parser.add_argument("--spm", type=Path, help="sentencepiece.bpe.model (default with --official: the official "
+                                                 "one shipped with the pack; with --kosmos2: the folder's)")
     parser.add_argument("--dict", type=Path, dest="dict_path",
-                        help="fairseq dict.txt (required with --official; default with --kosmos2: the folder's, "
-                             "else rebuilt from the sentencepiece model)")
+                        help="fairseq dict.txt (default with --official: the official one shipped with the pack; "
+                             "with --kosmos2: the folder's, else rebuilt from the sentencepiece model)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep the source's)")
     parser.add_argument("--keep-aligner-decoder", action="store_true",
                         help="stage-2 files: keep AlignerNet N (aligner.decoder*), e.g. to resume stage-2 training "
@@ -204,8 +204,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kosmos_g_core
     """The command line; `prog` is how the usage line names the program (the pack's convert.py passes its own)."""
     parser = _parser(prog)
     args = parser.parse_args(argv)
-    if args.official and not (args.spm and args.dict_path):
-        parser.error("--official needs --spm sentencepiece.bpe.model and --dict dict.txt (the official tokenizer files)")
+    if args.official and bool(args.spm) != bool(args.dict_path):
+        parser.error("--spm and --dict go together (the two files of one tokenizer); leave both out to use the "
+                     "official tokenizer shipped with the pack")
+    if args.official and not args.spm:
+        args.spm, args.dict_path = BUNDLED_DIR / "sentencepiece.bpe.model", BUNDLED_DIR / "dict.txt"
     if args.kosmos2 and args.keep_aligner_decoder:
         parser.error("--keep-aligner-decoder applies to official stage-2 files; Kosmos-2 has no AlignerNet")
     if args.kosmos2 and any(h is not None for h in (args.vision_heads, args.mllm_heads, args.aligner_heads)):

@@ -22,12 +22,11 @@ def _quote(arg: str) -> str:
 
 def convert_command(checkpoint: str, python: str = sys.executable) -> str:
     """The exact command converting an official `checkpoint` (.pt) into a .safetensors beside it, with ComfyUI's own
-    python and absolute paths, so it works as written from any folder. It expects the official tokenizer files
-    beside the checkpoint (they are not in the .pt)."""
+    python and absolute paths, so it works as written from any folder. The official tokenizer, which the .pt does
+    not hold, comes from the pack's own copy (the converter's default)."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
     stem = os.path.splitext(os.path.basename(checkpoint))[0]
     args = [python, CONVERTER, "--official", os.path.abspath(checkpoint),
-            "--spm", os.path.join(folder, "sentencepiece.bpe.model"), "--dict", os.path.join(folder, "dict.txt"),
             "--out", os.path.join(folder, stem + ".safetensors")]
     return " ".join(_quote(a) for a in args)
 

@@ -446,7 +446,15 @@ def test_existing_output_is_not_overwritten_unless_asked(tmp_path, tokenizer_dir
     assert read_header(out)[0] == KosmosGConfig.tiny()
 
 
-def test_official_needs_the_tokenizer_files(tmp_path, capsys):
+def test_official_uses_the_shipped_tokenizer_unless_given_both_files(tmp_path, kosmos_tokenizer, capsys):
+    """The .pt holds no tokenizer: the official one shipped with the core is the default; --spm without --dict (or
+    the reverse) is refused."""
+    source, out = tmp_path / "checkpoint_final.pt", tmp_path / "kosmos_g.safetensors"
+    write_official(source, official_weights(stage2=False), stage2=False)
+    assert main(["--official", str(source), "--out", str(out)]) == 0
+    model = load_checkpoint(out)
+    assert (model.tokenizer.spm_bytes, model.tokenizer.dict_bytes) == (kosmos_tokenizer.spm_bytes,
+                                                                       kosmos_tokenizer.dict_bytes)
     with pytest.raises(SystemExit):
-        main(["--official", str(tmp_path / "x.pt"), "--out", str(tmp_path / "o.safetensors")])
-    assert "--spm" in capsys.readouterr().err
+        main(["--official", str(source), "--spm", str(tmp_path / "x.model"), "--out", str(out)])
+    assert "--spm and --dict go together" in capsys.readouterr().err

@@ -61,7 +61,8 @@ def study_markdown(summary: dict) -> str:
     seeds = summary["seeds"]
     images = summary["images_per_condition"]
     return (
-        f"# Toy-world study: {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± standard error\n\n"
+        f"# Toy-world study: {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}), "
+        "mean ± standard error over the seeds\n\n"
         + "\n".join(lines) + "\n\n"
         f"Chance subject fidelity {CHANCE_SUBJECT_FIDELITY:.3f}. Per seed and condition {images['all']} images: "
         f"{images['seen']} of the 15 seen subjects, {images['held_out']} of the 5 held-out subjects that no KOSMOS-G "
