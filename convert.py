@@ -1,7 +1,7 @@
 """The pack's checkpoint converter, runnable as a file from any folder, e.g. from the ComfyUI folder:
 
-    python custom_nodes/<pack folder>/convert.py --official checkpoint_final.pt --spm sentencepiece.bpe.model \
-        --dict dict.txt --out models/kosmos_g/kosmos-g.safetensors
+    python custom_nodes/<pack folder>/convert.py --official checkpoint_final.pt \
+        --out models/kosmos_g/kosmos-g.safetensors
 
 Inside ComfyUI the core is not an installed package, so `python -m kosmos_g_core.convert` fails there with "No module
 named 'kosmos_g_core'". Python puts the folder of the file it runs first on sys.path, so this file finds the core

@@ -1,7 +1,7 @@
 """`python -m kosmos_g_core.convert`: write the pack's one-file checkpoint from the official or a Kosmos-2 checkpoint.
 
-    python -m kosmos_g_core.convert --official checkpoint_final.pt \\
-        --out models/kosmos_g/kosmos-g.safetensors [--spm sentencepiece.bpe.model --dict dict.txt] [--dtype fp16|bf16|fp32] [--keep-aligner-decoder] \\
+    python -m kosmos_g_core.convert --official checkpoint_final.pt --out models/kosmos_g/kosmos-g.safetensors \\
+        [--spm sentencepiece.bpe.model --dict dict.txt] [--dtype fp16|bf16|fp32] [--keep-aligner-decoder] \\
         [--vision-heads N] [--mllm-heads N] [--aligner-heads N]
     python -m kosmos_g_core.convert --kosmos2 path/to/kosmos-2-patch14-224 --out models/kosmos_g/kosmos2_mllm.safetensors
 
