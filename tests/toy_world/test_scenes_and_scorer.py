@@ -140,3 +140,19 @@ def test_study_reports_mean_and_standard_error():
     mean, se = mean_and_se([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6) and se == pytest.approx(0.1 / 3**0.5)
     assert mean_and_se([0.4]) == (0.4, 0.0)
+
+
+def test_study_table_aggregates_every_condition_over_the_seeds():
+    from training.toy_world.evaluate import CONDITIONS, TABLE_COLUMNS
+    from training.toy_world.study import aggregate, study_markdown
+
+    def seed_result(value):
+        return {"conditions": {c: {m: value for m in TABLE_COLUMNS} for c in CONDITIONS}}
+
+    table = aggregate({0: seed_result(0.2), 1: seed_result(0.4), 2: seed_result(0.6)})
+    cell = table["after_stage3_image"]["held_out_subject_fidelity"]
+    assert cell["values"] == [0.2, 0.4, 0.6] and cell["mean"] == pytest.approx(0.4)
+    assert cell["se"] == pytest.approx(0.2 / 3**0.5)
+    text = study_markdown({"seeds": [0, 1, 2], "table": table, "command": "cmd",
+                           "images_per_condition": {"all": 300, "seen": 225, "held_out": 75}})
+    assert "| after_stage3_image | 0.400 ± 0.115 |" in text and "3 seeds (0, 1, 2)" in text
