@@ -169,6 +169,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .eval_layout import add_arguments as add_layout_arguments
+
     summary, _, examples = __doc__.partition("\n\n")
     parser = argparse.ArgumentParser(prog="python -m training.eval", description=summary, epilog=examples,
                                      formatter_class=_HelpFormatter)
@@ -217,14 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="mIoU, count and relation accuracy of the rule-based and learned layout "
                                      "planners (docs/layout.md).", formatter_class=_HelpFormatter)
     lay.add_argument("--out", required=True, help="output folder")
-    lay.add_argument("--model", default="", help="layout model .safetensors (optional: rule-based planner only)")
-    lay.add_argument("--scenes", type=int, default=500, help="held-out procedural scenes")
-    lay.add_argument("--seed", type=int, default=1, help="procedural data set seed (training uses 0)")
-    lay.add_argument("--size", type=int, default=64, help="evaluation resolution")
-    lay.add_argument("--best-of", type=int, default=0, help="also score best-of-(k+1): k sampled layouts + the argmax")
-    lay.add_argument("--coco-captions", default="", help="COCO captions json (evaluate on COCO-Stuff instead)")
-    lay.add_argument("--coco-labels", default="", help="COCO-Stuff stuffthingmaps folder of the same split")
-    lay.add_argument("--limit", type=int, default=5000, help="COCO captions to evaluate")
+    add_layout_arguments(lay)
     lay.set_defaults(func=cmd_layout)
     return parser
 

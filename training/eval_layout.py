@@ -99,9 +99,8 @@ def format_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m training.eval_layout", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of this command, shared with `python -m training.eval layout`."""
     ap.add_argument("--model", default="", help="layout model .safetensors (from the layout stage); optional")
     ap.add_argument("--scenes", type=int, default=500, help="held-out procedural scenes")
     ap.add_argument("--seed", type=int, default=1, help="procedural data set seed (training uses 0)")
@@ -110,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--coco-captions", default="", help="COCO captions json (evaluate on COCO-Stuff instead)")
     ap.add_argument("--coco-labels", default="", help="COCO-Stuff stuffthingmaps folder of the same split")
     ap.add_argument("--limit", type=int, default=5000, help="COCO captions to evaluate")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m training.eval_layout", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
     ap.add_argument("--argmax", action="store_true", help="also score the learned model's raw per-pixel argmax")
     ap.add_argument("--json", default="", help="also write the scores to this file")
     args = ap.parse_args(argv)
