@@ -36,7 +36,6 @@ DEFAULT_WEIGHTS: dict[str, float] = {"captions": 1.0, "editing": 2.0, "compositi
 # 128 when LAION feeds stage 3). Stage 1 keeps every caption that fits `max_tokens`.
 DEFAULT_MAX_CAPTION_TOKENS: dict[str, int | None] = {"stage1": None, "stage2": 85, "stage3": 128}
 
-_SOURCE_KEYS = {"kind", "shards", "weight", "name", "min_image_side", "max_caption_tokens"}
 _DATA_KEYS = {
     "batch_size",
     "num_workers",
