@@ -132,6 +132,7 @@ def test_control_subject_shares_no_attribute_and_scores_are_split():
     assert scores["seen_subject_fidelity"] == scores["held_out_subject_fidelity"] == 1.0
     assert (scores["seen_images"], scores["held_out_images"]) == (15, 5)
     assert scores["unrelated_subject_fidelity"] == 0.0
+    assert scores["held_out_colour_accuracy"] == scores["seen_shape_accuracy"] == 1.0
 
 
 def test_study_reports_mean_and_standard_error():
@@ -143,11 +144,11 @@ def test_study_reports_mean_and_standard_error():
 
 
 def test_study_table_aggregates_every_condition_over_the_seeds():
-    from training.toy_world.evaluate import CONDITIONS, TABLE_COLUMNS
+    from training.toy_world.evaluate import ATTRIBUTE_COLUMNS, CONDITIONS, TABLE_COLUMNS
     from training.toy_world.study import aggregate, study_markdown
 
     def seed_result(value):
-        return {"conditions": {c: {m: value for m in TABLE_COLUMNS} for c in CONDITIONS}}
+        return {"conditions": {c: {m: value for m in TABLE_COLUMNS + ATTRIBUTE_COLUMNS} for c in CONDITIONS}}
 
     table = aggregate({0: seed_result(0.2), 1: seed_result(0.4), 2: seed_result(0.6)})
     cell = table["after_stage3_image"]["held_out_subject_fidelity"]

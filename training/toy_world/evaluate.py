@@ -73,6 +73,8 @@ def condition_scores(images, subjects: list[Subject], places: list[str]) -> dict
         index = [i for i, s in enumerate(subjects) if is_held_out(s) == keep]
         picked = score_images([images[i] for i in index], [subjects[i] for i in index], [places[i] for i in index])
         out[f"{group}_subject_fidelity"] = picked.subject_fidelity
+        out[f"{group}_colour_accuracy"] = picked.colour_accuracy
+        out[f"{group}_shape_accuracy"] = picked.shape_accuracy
         out[f"{group}_images"] = picked.count
     out["unrelated_subject_fidelity"] = score_images(images, [control_subject(s) for s in subjects],
                                                      places).subject_fidelity
@@ -216,6 +218,9 @@ def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, settings: E
 
 TABLE_COLUMNS = ["seen_subject_fidelity", "held_out_subject_fidelity", "unrelated_subject_fidelity",
                  "colour_accuracy", "shape_accuracy", "text_fidelity", "images"]
+# Where the held-out gap comes from: each attribute on its own, seen vs held-out subjects.
+ATTRIBUTE_COLUMNS = ["seen_colour_accuracy", "held_out_colour_accuracy", "seen_shape_accuracy",
+                     "held_out_shape_accuracy"]
 
 
 def results_markdown(results: dict) -> str:

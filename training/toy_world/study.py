@@ -21,7 +21,7 @@ from pathlib import Path
 from training.evaluation.report import write_json
 
 from .base_model import SHIPPED_BASE
-from .evaluate import CHANCE_SUBJECT_FIDELITY, CONDITIONS, TABLE_COLUMNS
+from .evaluate import ATTRIBUTE_COLUMNS, CHANCE_SUBJECT_FIDELITY, CONDITIONS, TABLE_COLUMNS
 from .run import PRESETS, ToyRunConfig, run
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
     """{condition: {metric: {"mean", "se", "values"}}} over the seeds' results.json contents."""
-    metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")]
+    metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")] + ATTRIBUTE_COLUMNS
     table = {}
     for condition in CONDITIONS:
         table[condition] = {}
@@ -52,12 +52,17 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     return table
 
 
-def study_markdown(summary: dict) -> str:
-    metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")]
+def _table(summary: dict, metrics: list[str]) -> list[str]:
     lines = ["| condition | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for condition, row in summary["table"].items():
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['se']:.3f}" for m in metrics]
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def study_markdown(summary: dict) -> str:
+    lines = _table(summary, [c for c in TABLE_COLUMNS if not c.endswith("images")])
+    lines += ["", "By attribute, seen and held-out subjects:", ""] + _table(summary, ATTRIBUTE_COLUMNS)
     seeds = summary["seeds"]
     images = summary["images_per_condition"]
     return (
