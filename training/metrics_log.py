@@ -46,7 +46,8 @@ class MetricsLogger:
                 self.writer.add_scalar(k, v, step)
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
-        text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        # The console line leaves out skip counters that are still zero (TensorBoard and metrics.jsonl keep them).
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if not (k.startswith("data/") and v == 0))
         if self._bar is not None:
             self._bar.set_postfix_str(f"loss={_fmt(metrics.get('loss/total', float('nan')))}")
             self._bar.write(f"step {step} {text}")

@@ -64,3 +64,17 @@ def test_warmup_then_linear_decay_to_zero():
     assert lr_factor(375 + (300000 - 375) // 2, 375, 300000, 0.0) == pytest.approx(0.5, abs=1e-4)
     assert lr_factor(300000, 375, 300000, 0.0) == 0.0
     assert lr_factor(300000, 375, 300000, 0.1) == pytest.approx(0.1)
+
+
+def test_the_console_line_leaves_out_skip_counters_still_at_zero(tmp_path, caplog):
+    import logging
+
+    from training.metrics_log import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, enabled=True, tensorboard=False, wandb=False, wandb_project="", progress="lines",
+                           total_steps=10, start_step=0, config={})
+    with caplog.at_level(logging.INFO, logger="training.metrics_log"):
+        logger.log(1, {"loss/total": 1.5, "data/skipped_corrupt": 0.0, "data/skipped_empty": 2.0})
+    logger.close()
+    assert "loss/total=1.5" in caplog.text and "data/skipped_empty=2" in caplog.text
+    assert "skipped_corrupt" not in caplog.text

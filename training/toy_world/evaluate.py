@@ -206,7 +206,7 @@ def _write_figures(out_dir: Path, images: dict, pairs, scores: dict, settings: E
     for i in _grid_rows(pairs):
         subject, place = pairs[i]
         rows.append([settings.reference_image(subject)] + [images[c][i] for c in CONDITIONS])
-        labels.append(f"{subject.name}, {place}")
+        labels.append(f"{subject.name}{' (held out)' if is_held_out(subject) else ''}, {place}")
     image_grid(rows, out_dir / "samples_grid.png", cell=64, row_labels=labels,
                col_labels=["ref", "S3 <i>", "S3 text", "S2 <i>", "base", "base+attr"])
     if not settings.chart:
