@@ -193,8 +193,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                           ("mllm", "the file's training config, else one per 64 channels: 32"),
                           ("aligner", "12, fixed in the official AlignerNet")):
         parser.add_argument(f"--{name}-heads", type=int, metavar="N",
-                            help=f"--official: attention heads of the {name.upper() if name == 'mllm' else name} "
-                                 f"(default: {default})")
+                            help=f"with --official: attention heads of the "
+                                 f"{name.upper() if name == 'mllm' else name} (default: {default})")
     parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     return parser

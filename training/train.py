@@ -321,14 +321,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@record  # under torchrun, the failing rank's error (message last) replaces torchrun's "To enable traceback see..."
 def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)  # --help and usage errors end here, as for any command
     # Rank 0 logs progress; other ranks only warnings and errors.
-    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
-    setup_logging(level)
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    run(cfg)
+    setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    _load_and_run(args.config, args.overrides)
+
+
+@record  # under torchrun, the failing rank's error (message last) replaces torchrun's "To enable traceback see..."
+def _load_and_run(config: str, overrides: list[str]) -> None:
+    run(load_config(config, overrides))
 
 
 if __name__ == "__main__":
