@@ -101,7 +101,7 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int)
 
 
 def stage_config(stage: str, out: Path, cfg: ToyRunConfig, init: Path, sources: list[dict], steps: int,
-                  lr: float) -> dict:
+                 lr: float) -> dict:
     table = {
         "stage": stage,
         "run": {"out_dir": str(out / stage), "seed": cfg.seed, "max_steps": steps, "device": "cpu"},
