@@ -208,7 +208,7 @@ def test_stage3_loss_is_the_epsilon_mse_of_the_frozen_unet(assets):
     noisy, t_in = seen["inputs"]
     torch.testing.assert_close(noisy.double(), alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise)
     assert torch.equal(t_in, t) and scheduler.config.prediction_type == "epsilon"
-    expected = (seen["pred"].double() - noise).pow(2).flatten(1).mean(1).mean()
+    expected = (seen["pred"].detach().double() - noise).pow(2).flatten(1).mean(1).mean()
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     assert metrics["loss/diffusion"] == pytest.approx(float(expected), rel=1e-6)
 
