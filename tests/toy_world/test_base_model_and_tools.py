@@ -101,14 +101,15 @@ def _first_batch(tmp_path, stage: str, kind: str, shards) -> dict:
     return next(iter(loader))
 
 
-def test_toy_shards_feed_the_stage3_loader(tmp_path):
+@pytest.mark.parametrize("subjects", [1, 2])
+def test_toy_shards_feed_the_stage3_loader(tmp_path, subjects):
     from training.toy_world.shards import write_compositional_shards
 
-    write_compositional_shards(tmp_path / "comp", 8, seed=0)
+    write_compositional_shards(tmp_path / "comp", 8, seed=0, pair_prob=float(subjects == 2))
     batch = _first_batch(tmp_path, "stage3", "compositional", tmp_path / "comp")
     assert batch["target"].shape == (4, 3, 32, 32)
-    assert batch["pixels"].shape == (4, 3, 28, 28)  # one entity image per sample
-    assert int(batch["image_mask"].sum()) == 4 * 64
+    assert batch["pixels"].shape == (4 * subjects, 3, 28, 28)  # one entity image per subject
+    assert int(batch["image_mask"].sum()) == 4 * subjects * 64
 
 
 def test_reference_shards_caption_the_subject_alone(tmp_path):

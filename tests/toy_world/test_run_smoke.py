@@ -14,6 +14,11 @@ def test_smoke_run_end_to_end(tmp_path):
                                           "base_text", "base_text_described"}
     for scores in results["conditions"].values():
         assert scores["images"] == 10 and 0.0 <= scores["subject_fidelity"] <= 1.0
+    assert set(results["two_entity"]) == set(results["conditions"])
+    for scores in results["two_entity"].values():
+        assert scores["images"] == 4 and 0.0 <= scores["entity_exact"] <= 1.0
+        assert scores["seen_pairs_images"] + scores["held_out_pairs_images"] == 4
+    assert (tmp_path / "eval" / "two_entity_grid.png").stat().st_size > 1000
     align = results["stage2_alignment"]["stage2"]
     assert align["mse"] > 0 and align["constant_baseline_mse"] > 0
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())

@@ -47,8 +47,63 @@ def test_subject_count_and_caption_hides_appearance():
     scene = Scene(Subject("cross", "cyan"), "at night", 0.5, 0.5)
     assert scene.caption() == "a toy at night"
     assert scene.caption(describe=True) == "a cyan crossed toy at night"
-    start, end = scene.entity_span()
-    assert scene.caption()[start:end] == "toy"
+    [(name, start, end)] = scene.entity_spans()
+    assert scene.caption()[start:end] == name == "toy"
+
+
+def test_two_subject_scene_caption_spans_and_prompts():
+    from training.toy_world.evaluate import image_prompt, text_prompt
+    from training.toy_world.scenes import PairScene
+
+    scene = PairScene(Subject("cross", "cyan"), Subject("disc", "red"), "on the beach")
+    assert scene.caption() == text_prompt(scene) == "a toy next to a block on the beach"
+    assert scene.caption(describe=True) == "a cyan crossed toy next to a red round block on the beach"
+    assert [scene.caption()[a:b] for _, a, b in scene.entity_spans()] == ["toy", "block"]
+    assert image_prompt(scene) == "a <i> next to a <i> on the beach"
+    assert image_prompt(Scene(Subject("cross", "cyan"), "at night", 0.5, 0.5)) == "a <i> at night"
+    # the official entity walk (training/data/entities.py) keeps both names and drops them as the prompt does
+    from training.data.entities import place_entities
+
+    slots, rest = place_entities(scene.caption(), ["toy", "block"], drop_words=True)
+    assert [slot.text for slot in slots] + [rest] == ["a ", " next to a ", " on the beach"]
+
+
+def test_every_two_subject_scene_is_read_back_side_by_side():
+    from training.toy_world.scenes import random_pair_scene
+    from training.toy_world.scorer import read_pair
+
+    rng = random.Random(0)
+    right = jpeg_right = total = 0
+    for _ in range(300):
+        scene = random_pair_scene(rng)
+        wanted = [(s.colour, s.shape) for s in scene.subjects]
+        readings = read_pair(render(scene, 32))
+        right += [(r.colour, r.shape) for r in readings] == wanted and readings[0].place == scene.place
+        readings = read_pair(_jpeg(render(scene, 64)))
+        jpeg_right += [(r.colour, r.shape) for r in readings] == wanted
+        total += 1
+    assert right == total
+    assert jpeg_right / total >= 0.95  # 12 px subjects after JPEG and a 64 -> 32 px resize
+
+
+def test_score_pairs_counts_a_subject_only_on_its_side():
+    from training.toy_world.evaluate import two_entity_scores
+    from training.toy_world.scenes import PairScene
+    from training.toy_world.scorer import score_pairs
+
+    a, b = Subject("disc", "red"), Subject("triangle", "cyan")
+    scene = PairScene(a, b, "on the grass")
+    good, swapped = render(scene), render(PairScene(b, a, "on the grass"))
+    half_right = render(PairScene(a, Subject("square", "cyan"), "on the grass"))
+    s = score_pairs([good, swapped, half_right], [(a, b)] * 3, ["on the grass"] * 3)
+    assert s.entity_exact == pytest.approx(3 / 6) and s.both_exact == pytest.approx(1 / 3)
+    assert s.colour_accuracy == pytest.approx(4 / 6) and s.shape_accuracy == pytest.approx(3 / 6)
+    assert s.entity_fidelity == pytest.approx(7 / 12) and s.text_fidelity == 1.0
+    scores = two_entity_scores([good, swapped], [scene, scene])
+    assert scores["entity_exact"] == scores["swapped_entity_exact"] == 0.5
+    assert scores["seen_pairs_images"] == 0 and scores["held_out_pairs_images"] == 2  # the red disc is held out
+    with pytest.raises(ValueError, match="equal"):
+        score_pairs([good], [], [])
 
 
 def test_empty_background_has_no_subject():
@@ -94,7 +149,10 @@ def test_no_kosmos_g_training_shard_shows_a_held_out_subject(tmp_path):
     reading their pictures back with the scorer."""
     import tarfile
 
-    from training.toy_world.scenes import CLASS_WORD, held_out_subjects
+    import json
+
+    from training.toy_world.scenes import CLASS_WORD, SECOND_CLASS_WORD, held_out_subjects
+    from training.toy_world.scorer import read_pair
     from training.toy_world.shards import (
         write_caption_shards,
         write_compositional_shards,
@@ -105,19 +163,24 @@ def test_no_kosmos_g_training_shard_shows_a_held_out_subject(tmp_path):
     held_names = {(s.colour, s.shape) for s in held_out_subjects()}
     paths = [*write_caption_shards(tmp_path / "c", 200, 0, describe_prob=1.0),
              *write_reference_shards(tmp_path / "r", 200, 0), *write_compositional_shards(tmp_path / "p", 200, 0)]
-    shown = 0
+    shown = pairs = 0
     for path in paths:
         with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                data = tar.extractfile(member).read()
-                if member.name.endswith(".txt"):
-                    text = data.decode()
-                    assert not any(f"{d} {CLASS_WORD}" in text for d in held), text
-                elif member.name.endswith(".jpg") and ".ent" not in member.name and "/r" not in path.as_posix():
-                    reading = read_image(Image.open(io.BytesIO(data)))
-                    assert (reading.colour, reading.shape) not in held_names
-                    shown += 1
-    assert shown == 400
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in members.items():
+            if name.endswith(".txt"):
+                text = data.decode()
+                assert not any(f"{d} {word}" in text for d in held for word in (CLASS_WORD, SECOND_CLASS_WORD)), text
+            elif name.endswith(".jpg") and ".ent" not in name and "/r" not in path.as_posix():
+                stem = name[: -len(".jpg")]
+                caption = (members[f"{stem}.txt"].decode() if f"{stem}.txt" in members
+                           else json.loads(members[f"{stem}.json"])["caption"])
+                image = Image.open(io.BytesIO(data))
+                readings = read_pair(image) if "next to" in caption else [read_image(image)]
+                assert not {(r.colour, r.shape) for r in readings} & held_names
+                shown += 1
+                pairs += len(readings) == 2
+    assert shown == 400 and 0.25 < pairs / shown < 0.45  # PAIR_PROB = 0.35 of the scenes show two subjects
 
 
 def test_control_subject_shares_no_attribute_and_scores_are_split():
@@ -157,3 +220,18 @@ def test_study_table_aggregates_every_condition_over_the_seeds():
     text = study_markdown({"seeds": [0, 1, 2], "table": table, "command": "cmd",
                            "images_per_condition": {"all": 300, "seen": 225, "held_out": 75}})
     assert "| after_stage3_image | 0.400 ± 0.115 |" in text and "3 seeds (0, 1, 2)" in text
+    assert "Two entities" not in text
+
+
+def test_study_table_reports_two_entity_prompts():
+    from training.toy_world.evaluate import CONDITIONS, TWO_ENTITY_COLUMNS
+    from training.toy_world.study import aggregate, study_markdown
+
+    per_seed = {k: {"two_entity": {c: {m: 0.1 * (k + 1) for m in TWO_ENTITY_COLUMNS} for c in CONDITIONS}}
+                for k in range(3)}
+    table = aggregate(per_seed, "two_entity", TWO_ENTITY_COLUMNS)
+    assert table["after_stage3_image"]["entity_exact"]["mean"] == pytest.approx(0.2)
+    text = study_markdown({"seeds": [0, 1, 2], "table": {}, "two_entity": table, "command": "cmd",
+                           "images_per_condition": {"all": 300, "seen": 225, "held_out": 75, "two_entity": 200}})
+    assert "Two entities" in text and "(200 prompts per seed" in text
+    assert "| after_stage3_image | 0.200 ± 0.058 |" in text

@@ -11,7 +11,7 @@ Training, in `train_base_model`, in three steps that mirror how SD1.5 was made:
    generative problem is small and the decoder does the drawing.
 2. The text encoder, pretrained and then frozen, as CLIP is. CLIP learned its text features from images; here a
    cheaper stand-in objective teaches it what the captions say: linear heads on *every* output position predict the
-   caption's place, colour word and shape word. A random frozen encoder is no stand-in for CLIP: measured, only 4 %
+   caption's place, how many subjects it names, and each subject's colour word and shape word. A random frozen encoder is no stand-in for CLIP: measured, only 4 %
    of its output varied between captions (padding positions carry almost nothing) and a U-Net trained on it ignored
    the colour words (colour accuracy at chance).
 3. The U-Net on captions with the epsilon-prediction loss (SD1.5's objective), 10 % empty captions for
@@ -36,7 +36,7 @@ from training.cli import setup_logging
 from training.sd15 import cast_module
 
 from .clip_tokenizer import write_clip_tokenizer
-from .scenes import COLOURS, PLACES, SHAPES, random_scene, render, vocabulary
+from .scenes import COLOURS, PAIR_PROB, PLACES, SHAPES, PairScene, random_any_scene, render, vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,17 @@ class BaseModelConfig:
     # training
     vae_steps: int = 800
     vae_lr: float = 1e-3
-    text_steps: int = 60  # the loss plateaus by step 50
+    text_steps: int = 150  # the loss plateaus by step 120 (two-subject captions have six labels)
     text_lr: float = 1e-3
     text_batch: int = 32
-    unet_steps: int = 2500
+    unet_steps: int = 3000
     unet_lr: float = 2e-3
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.995
     batch_size: int = 24
     describe_prob: float = 0.5  # captions that name the subject's colour and shape words
     uncond_prob: float = 0.1
+    pair_prob: float = PAIR_PROB  # two-subject scenes ("a toy next to a block ...")
 
     @classmethod
     def toy(cls) -> BaseModelConfig:
@@ -126,7 +127,7 @@ def _batch(rng: random.Random, cfg: BaseModelConfig) -> tuple[torch.Tensor, list
     """(B, 3, S, S) in [-1, 1] and their captions (attribute words on `describe_prob`, empty on `uncond_prob`)."""
     images, captions = [], []
     for _ in range(cfg.batch_size):
-        scene = random_scene(rng)
+        scene = random_any_scene(rng, cfg.pair_prob)
         images.append(np.asarray(render(scene, cfg.image_size), np.float32) / 127.5 - 1.0)
         r = rng.random()
         captions.append("" if r < cfg.uncond_prob else scene.caption(describe=rng.random() < cfg.describe_prob))
@@ -140,27 +141,33 @@ def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
-def _attribute_labels(scene, described: bool) -> tuple[int, int, int]:
-    """(place, colour word, shape word) class ids of a caption; 0 = the caption names no colour / shape."""
-    colour = list(COLOURS).index(scene.subject.colour) + 1 if described else 0
-    shape = list(SHAPES).index(scene.subject.shape) + 1 if described else 0
-    return list(PLACES).index(scene.place), colour, shape
+def _attribute_labels(scene, described: bool) -> tuple[int, ...]:
+    """(place, subject count - 1, first colour word, first shape word, second colour word, second shape word) class
+    ids of a caption; 0 = the caption names no such colour / shape."""
+    subjects = scene.subjects if isinstance(scene, PairScene) else (scene.subject,)
+    words = []
+    for k in range(2):
+        named = described and k < len(subjects)
+        words += [list(COLOURS).index(subjects[k].colour) + 1 if named else 0,
+                  list(SHAPES).index(subjects[k].shape) + 1 if named else 0]
+    return (list(PLACES).index(scene.place), len(subjects) - 1, *words)
 
 
 def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: random.Random) -> float:
     """Teach the toy CLIP what a caption says at every one of its 77 output positions; returns the final loss.
 
-    Linear heads on each (B, 77, C) position predict the caption's place / colour word / shape word. The causal
-    mask means positions before a word cannot know it, so the loss does not reach zero (about 0.2 here)."""
+    Linear heads on each (B, 77, C) position predict the caption's place / subject count / each subject's colour
+    word and shape word. The causal mask means positions before a word cannot know it, so the loss does not reach
+    zero."""
     heads = torch.nn.ModuleList([torch.nn.Linear(cfg.context_dim, n) for n in
-                                 (len(PLACES), len(COLOURS) + 1, len(SHAPES) + 1)])
+                                 (len(PLACES), 2, *(len(COLOURS) + 1, len(SHAPES) + 1) * 2)])
     opt = torch.optim.AdamW([*text_encoder.parameters(), *heads.parameters()], lr=cfg.text_lr, weight_decay=0.0)
     text_encoder.train().requires_grad_(True)
     loss = torch.tensor(float("nan"))
     for step in range(cfg.text_steps):
-        scenes = [random_scene(rng) for _ in range(cfg.text_batch)]
+        scenes = [random_any_scene(rng, cfg.pair_prob) for _ in range(cfg.text_batch)]
         described = [rng.random() < cfg.describe_prob for _ in scenes]
-        labels = torch.tensor([_attribute_labels(s, d) for s, d in zip(scenes, described, strict=True)])  # (B, 3)
+        labels = torch.tensor([_attribute_labels(s, d) for s, d in zip(scenes, described, strict=True)])  # (B, 6)
         hidden = encode_text(tokenizer, text_encoder, [s.caption(d) for s, d in zip(scenes, described, strict=True)])
         positions = hidden.shape[1]
         loss = sum(F.cross_entropy(head(hidden).flatten(0, 1), labels[:, i].repeat_interleave(positions))
@@ -254,7 +261,7 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
     text_loss = pretrain_text_encoder(tokenizer, text, cfg, rng)
     seconds["text_encoder"] = time.time() - t0 - seconds["vae"]
 
-    text_cache: dict[str, torch.Tensor] = {}  # the toy vocabulary has ~100 distinct captions
+    text_cache: dict[str, torch.Tensor] = {}  # a few thousand distinct captions, each encoded once
 
     def embed(captions: list[str]) -> torch.Tensor:
         missing = sorted({c for c in captions if c not in text_cache})

@@ -16,6 +16,11 @@ Every image is scored three ways: against the subject it was asked for, separate
 held-out ones that no KOSMOS-G stage saw (`scenes.is_held_out`: the zero-shot case), and against an unrelated
 subject (another colour and another shape; `control_subject`). Fidelity to the given reference far above fidelity
 to an unrelated one is what shows the generation follows the image it was given, rather than a favourite subject.
+
+Two-entity prompts ("a <i> next to a <i> on the beach", `two_entity_cases`) run through the same five conditions
+(text: "a toy next to a block on the beach"; told the words: "a red round toy next to a cyan square block on the
+beach"). Each half of the image is read on its own (`scorer.read_pair`) and a subject counts only when it is exactly
+right (colour and shape) on the side its image was given: chance 1/20 = 0.05 per subject.
 """
 
 from __future__ import annotations
@@ -31,12 +36,25 @@ from training.evaluation.report import bar_chart, image_grid, markdown_table, wr
 from training.evaluation.sampler import DiffusionSampler, to_pil
 
 from .base_model import encode_text, load_text_side
-from .scenes import COLOURS, PLACES, SHAPES, Subject, all_subjects, is_held_out, random_scene, reference_image
-from .scorer import score_images
+from .scenes import (
+    COLOURS,
+    PAIR_PROB,
+    PLACES,
+    SHAPES,
+    PairScene,
+    Scene,
+    Subject,
+    all_subjects,
+    is_held_out,
+    random_any_scene,
+    reference_image,
+)
+from .scorer import score_images, score_pairs
 
 log = logging.getLogger(__name__)
 
 CHANCE_SUBJECT_FIDELITY = (1 / len(COLOURS) + 1 / len(SHAPES)) / 2
+CHANCE_ENTITY_EXACT = 1 / (len(COLOURS) * len(SHAPES))  # one subject right in both colour and shape
 CONDITIONS = ("after_stage3_image", "after_stage3_text", "before_stage3_image", "base_text", "base_text_described")
 
 
@@ -48,6 +66,7 @@ class EvalSettings:
     seed: int = 1234
     batch: int = 50
     pairs: int = 0  # 0 = every (subject, place) pair; else an evenly spaced subset (smoke runs)
+    two_entity: int = 100  # two-subject prompts ("a <i> next to a <i> on the beach"); 0 = none
     chart: bool = True  # the matplotlib bar chart (its import alone takes seconds)
     # The subject's reference picture: its white-background cut-out, or a crop with a background ("on the grass",
     # like a DreamBench photo), which can leak its place into the generation (text fidelity shows it).
@@ -81,13 +100,18 @@ def condition_scores(images, subjects: list[Subject], places: list[str]) -> dict
     return out
 
 
-def image_prompt(place: str) -> str:
-    # The loader drops the entity word and keeps the image in its place: "a <image> on the beach".
-    return f"a <i> {place}"
+def image_prompt(scene: Scene | PairScene) -> str:
+    """The caption with each class word replaced by its image, as the loader feeds it when it drops the entity
+    words: "a <i> on the beach", "a <i> next to a <i> on the beach"."""
+    text = scene.caption()
+    for _, start, end in reversed(scene.entity_spans()):
+        text = text[:start] + "<i>" + text[end:]
+    return text
 
 
-def text_prompt(place: str) -> str:
-    return f"a toy {place}"
+def text_prompt(scene: Scene | PairScene) -> str:
+    """What text alone can say: "a toy on the beach", "a toy next to a block on the beach"."""
+    return scene.caption()
 
 
 def _pairs(repeats: int, limit: int = 0) -> list[tuple[Subject, str]]:
@@ -98,13 +122,25 @@ def _pairs(repeats: int, limit: int = 0) -> list[tuple[Subject, str]]:
     return pairs
 
 
+def two_entity_cases(count: int, seed: int = 4321) -> list[PairScene]:
+    """`count` two-subject prompts: two different subjects of all 20 (held-out ones included) and a place, drawn
+    with a fixed seed, so every run and every condition is scored on the same cases."""
+    rng = random.Random(f"two_entity/{seed}")
+    return [PairScene(*rng.sample(all_subjects(), 2), rng.choice(list(PLACES))) for _ in range(count)]
+
+
 @torch.no_grad()
-def _kosmos_conditions(model, pairs, with_image: bool, settings: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _kosmos_conditions(model, scenes, with_image: bool, settings: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
     from kosmos_g_core.prompt import InterleavedPrompt
 
-    refs = {s: settings.reference_image(s) for s in {s for s, _ in pairs}}
-    prompts = [InterleavedPrompt.from_text(image_prompt(p), images=[refs[s]]) if with_image else text_prompt(p)
-               for s, p in pairs]
+    def prompt(scene):
+        if not with_image:
+            return text_prompt(scene)
+        subjects = scene.subjects if isinstance(scene, PairScene) else (scene.subject,)
+        return InterleavedPrompt.from_text(image_prompt(scene), images=[refs[s] for s in subjects])
+
+    refs = {s: settings.reference_image(s) for s in all_subjects()}
+    prompts = [prompt(scene) for scene in scenes]
     conds, unconds = [], []
     for i in range(0, len(prompts), 50):
         c = model.encode(prompts[i : i + 50])
@@ -114,11 +150,22 @@ def _kosmos_conditions(model, pairs, with_image: bool, settings: EvalSettings) -
 
 
 @torch.no_grad()
-def _base_conditions(tokenizer, text_encoder, pairs, described: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    captions = [f"a {s.description()} toy {p}" if described else text_prompt(p) for s, p in pairs]
+def _base_conditions(tokenizer, text_encoder, scenes, described: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    captions = [scene.caption(describe=described) for scene in scenes]
     cond = torch.cat([encode_text(tokenizer, text_encoder, captions[i : i + 50]) for i in range(0, len(captions), 50)])
     uncond = encode_text(tokenizer, text_encoder, [""]).expand_as(cond)
     return cond, uncond
+
+
+def _all_conditions(model2, model3, tokenizer, text_encoder, scenes, settings: EvalSettings) -> dict:
+    """{condition: (cond, uncond)} of the same scenes under every condition of CONDITIONS."""
+    return {
+        "after_stage3_image": _kosmos_conditions(model3, scenes, True, settings),
+        "after_stage3_text": _kosmos_conditions(model3, scenes, False, settings),
+        "before_stage3_image": _kosmos_conditions(model2, scenes, True, settings),
+        "base_text": _base_conditions(tokenizer, text_encoder, scenes, described=False),
+        "base_text_described": _base_conditions(tokenizer, text_encoder, scenes, described=True),
+    }
 
 
 def _generate(sampler: DiffusionSampler, cond, uncond, settings: EvalSettings, resolution: int):
@@ -132,12 +179,31 @@ def _generate(sampler: DiffusionSampler, cond, uncond, settings: EvalSettings, r
     return images
 
 
+def two_entity_scores(images, scenes: list[PairScene]) -> dict[str, float]:
+    """Each subject on its own side (`scorer.score_pairs`), split into prompts of two seen subjects and prompts with
+    a held-out one; `swapped_entity_exact` scores the same images with the sides swapped (a model that draws both
+    subjects but ignores which was named first scores the same both ways)."""
+    pairs = [scene.subjects for scene in scenes]
+    places = [scene.place for scene in scenes]
+    out = score_pairs(images, pairs, places).as_dict()
+    out["swapped_entity_exact"] = score_pairs(images, [(second, first) for first, second in pairs], places).entity_exact
+    for group, keep in (("seen_pairs", False), ("held_out_pairs", True)):
+        index = [i for i, pair in enumerate(pairs) if any(map(is_held_out, pair)) == keep]
+        if index:
+            picked = score_pairs([images[i] for i in index], [pairs[i] for i in index], [places[i] for i in index])
+            out[f"{group}_entity_exact"] = picked.entity_exact
+        else:
+            out[f"{group}_entity_exact"] = float("nan")
+        out[f"{group}_images"] = len(index)
+    return out
+
+
 @torch.no_grad()
 def alignment_error(model, tokenizer, text_encoder, count: int = 64, seed: int = 99) -> dict[str, float]:
     """Stage-2 metric on held-out captions: MSE of M(MLLM(caption)) vs the base text encoder's (77, C) output,
     and the same MSE for the best constant (the targets' mean), so 1 - mse / baseline is the share explained."""
     rng = random.Random(seed)
-    captions = [random_scene(rng).caption(describe=rng.random() < 0.5) for _ in range(count)]
+    captions = [random_any_scene(rng, PAIR_PROB).caption(describe=rng.random() < 0.5) for _ in range(count)]
     target = encode_text(tokenizer, text_encoder, captions).float()
     kt = model.tokenizer
     ids = [[0] + kt.encode(c) for c in captions]
@@ -161,31 +227,36 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
     model2 = load_checkpoint(stage2_export, dtype=torch.float32).eval()
     model3 = load_checkpoint(stage3_export, dtype=torch.float32).eval()
     pairs = _pairs(settings.repeats, settings.pairs)
-    conditions = {
-        "after_stage3_image": _kosmos_conditions(model3, pairs, True, settings),
-        "after_stage3_text": _kosmos_conditions(model3, pairs, False, settings),
-        "before_stage3_image": _kosmos_conditions(model2, pairs, True, settings),
-        "base_text": _base_conditions(tokenizer, text_encoder, pairs, described=False),
-        "base_text_described": _base_conditions(tokenizer, text_encoder, pairs, described=True),
-    }
+    singles = [Scene(s, p, 0.5, 0.5) for s, p in pairs]
+    doubles = two_entity_cases(settings.two_entity)
     subjects = [s for s, _ in pairs]
     places = [p for _, p in pairs]
-    scores, images = {}, {}
-    for name, (cond, uncond) in conditions.items():
+    scores, images, pair_scores, pair_images = {}, {}, {}, {}
+    for name, (cond, uncond) in _all_conditions(model2, model3, tokenizer, text_encoder, singles, settings).items():
         images[name] = _generate(sampler, cond, uncond, settings, resolution)
         scores[name] = condition_scores(images[name], subjects, places)
         log.info("%s: %s", name, scores[name])
+    if doubles:
+        for name, (cond, uncond) in _all_conditions(model2, model3, tokenizer, text_encoder, doubles,
+                                                    settings).items():
+            pair_images[name] = _generate(sampler, cond, uncond, settings, resolution)
+            pair_scores[name] = two_entity_scores(pair_images[name], doubles)
+            log.info("two entities, %s: %s", name, pair_scores[name])
     results = {
         "conditions": scores,
+        "two_entity": pair_scores,
         "chance_subject_fidelity": CHANCE_SUBJECT_FIDELITY,
+        "chance_entity_exact": CHANCE_ENTITY_EXACT,
         "stage2_alignment": {"stage2": alignment_error(model2, tokenizer, text_encoder),
                              "stage3": alignment_error(model3, tokenizer, text_encoder)},
         "sampling": {"scheduler": "DPM-Solver++ (2M)", "steps": settings.steps, "guidance": settings.guidance,
                      "resolution": resolution, "seed": settings.seed, "images_per_condition": len(pairs),
-                     "reference": settings.reference},
+                     "two_entity_images_per_condition": len(doubles), "reference": settings.reference},
     }
     write_json(results, out_dir / "results.json")
     _write_figures(out_dir, images, pairs, scores, settings)
+    if doubles:
+        _write_pair_grid(out_dir, pair_images, doubles, settings)
     (out_dir / "results.md").write_text(results_markdown(results), encoding="utf-8")
     return results
 
@@ -223,6 +294,21 @@ ATTRIBUTE_COLUMNS = ["seen_colour_accuracy", "held_out_colour_accuracy", "seen_s
                      "held_out_shape_accuracy"]
 
 
+def _write_pair_grid(out_dir: Path, images: dict, scenes: list[PairScene], settings: EvalSettings,
+                     count: int = 8) -> None:
+    rows, labels = [], []
+    for i, scene in enumerate(scenes[:count]):
+        rows.append([settings.reference_image(scene.left), settings.reference_image(scene.right)]
+                    + [images[c][i] for c in CONDITIONS])
+        labels.append(f"{scene.left.name} | {scene.right.name}, {scene.place}")
+    image_grid(rows, out_dir / "two_entity_grid.png", cell=64, row_labels=labels,
+               col_labels=["left ref", "right ref", "S3 <i><i>", "S3 text", "S2 <i><i>", "base", "base+attr"])
+
+
+TWO_ENTITY_COLUMNS = ["entity_exact", "swapped_entity_exact", "both_exact", "seen_pairs_entity_exact",
+                      "held_out_pairs_entity_exact", "entity_fidelity", "text_fidelity"]
+
+
 def results_markdown(results: dict) -> str:
     columns = TABLE_COLUMNS
     table = markdown_table(results["conditions"], columns, first="condition")
@@ -235,4 +321,8 @@ def results_markdown(results: dict) -> str:
         f"for the best constant ({a2['explained']:.1%} explained).\n"
         f"Sampling: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance']}, {s['resolution']} px, "
         f"seed {s['seed']}.\n\n![samples](samples_grid.png)\n\n![scores](scores.png)\n"
+        + (f"\n## Two entities: \"a <i> next to a <i> ...\" ({s['two_entity_images_per_condition']} images per "
+           f"condition)\n\n" + markdown_table(results["two_entity"], TWO_ENTITY_COLUMNS, first="condition")
+           + f"\nChance entity_exact {results['chance_entity_exact']:.3f} (one subject right in colour and shape).\n"
+           "\n![two entities](two_entity_grid.png)\n" if results["two_entity"] else "")
     )

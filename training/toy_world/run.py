@@ -54,8 +54,9 @@ class ToyRunConfig:
     # out what stage 1 taught the MLLM (measured: image-prompt subject fidelity 0.225, no better than text only).
     # 1e-4 is close to the square-root batch scaling of 1e-3 (1.25e-4) and keeps the official trainable set.
     stage3_lr: float = 1e-4
-    # two images per (subject, place) pair: 200 per condition, so two standard errors of a fidelity are about 0.07
-    eval: EvalSettings = field(default_factory=lambda: EvalSettings(repeats=2))
+    # two images per (subject, place) pair: 200 per condition, so two standard errors of a fidelity are about 0.07;
+    # 200 two-subject prompts (400 subjects to place)
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(repeats=2, two_entity=200))
 
     @classmethod
     def full(cls) -> ToyRunConfig:
@@ -72,7 +73,7 @@ class ToyRunConfig:
         """Every step of the pipeline for a few iterations (tests; about a minute)."""
         return cls(base=BaseModelConfig.test(), caption_scenes=64, compositional_scenes=64, batch_size=4,
                    stage1_steps=2, stage2_steps=2, stage3_steps=2,
-                   eval=EvalSettings(steps=2, batch=100, pairs=10, chart=False))
+                   eval=EvalSettings(steps=2, batch=100, pairs=10, two_entity=4, chart=False))
 
 
 PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRunConfig.smoke}

@@ -1,10 +1,15 @@
-"""Procedural toy scenes: a subject (shape variant x colour) on a background that the caption names.
+"""Procedural toy scenes: one subject (shape variant x colour), or two side by side, on a background that the
+caption names.
 
 A subject's appearance is drawn from a fixed palette and shape list that have no relation to the caption's place
 or class word, so text alone ("a toy on the beach") cannot say which subject to draw: only the reference image can.
 The base text-to-image model is taught the attribute words on half of its captions ("a red round toy on the beach"),
 the way SD1.5 knows colours and shapes, so the frozen U-Net is able to draw every subject; the KOSMOS-G prompts and
 the text-only baseline never use those words.
+
+Two-subject scenes ("a toy next to a block on the beach") put the first-named subject on the left half and the
+second on the right, smaller. The second subject has its own class word because the official entity filter drops
+names that occur twice in a caption (training/data/entities.py), as it would drop "a dog next to a dog".
 """
 
 from __future__ import annotations
@@ -33,8 +38,17 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: dict[str, str] = {"disc": "round", "square": "square", "triangle": "pointed", "cross": "crossed"}
 CLASS_WORD = "toy"
+SECOND_CLASS_WORD = "block"  # the right-hand subject of a two-subject scene
 SUBJECT_HALF = 0.28  # subject half-extent as a fraction of the image side (an 18 px subject in a 32 px scene)
 JITTER = 0.06  # maximum centre offset, fraction of the side
+# Two-subject scenes: 12 px subjects centred on the two halves (left one spans 0.08-0.46 of the side, right one
+# 0.54-0.92), so the scorer reads each half on its own.
+PAIR_HALF = 0.19
+PAIR_CENTRES = (0.27, 0.73)
+PAIR_JITTER = 0.03
+# Share of two-subject scenes in every toy training set (the base model's and KOSMOS-G's). SD1.5 can draw two given
+# things side by side, so the frozen toy U-Net must too, or no two-entity prompt could succeed whatever KOSMOS-G does.
+PAIR_PROB = 0.35
 
 
 @dataclass(frozen=True)
@@ -62,10 +76,46 @@ class Scene:
         subject = f"{self.subject.description()} {CLASS_WORD}" if describe else CLASS_WORD
         return f"a {subject} {self.place}"
 
-    def entity_span(self) -> tuple[int, int]:
-        """Character span of the class word in `caption()` (the compositional shards' entity)."""
+    def entity_spans(self) -> list[tuple[str, int, int]]:
+        """(class word, start, end) of each subject's class word in `caption()` (the compositional shards' entities)."""
         start = len("a ")
-        return start, start + len(CLASS_WORD)
+        return [(CLASS_WORD, start, start + len(CLASS_WORD))]
+
+    def placed(self) -> list[tuple[Subject, float, float, float]]:
+        """(subject, cx, cy, half-extent) of each subject, left to right; fractions of the side."""
+        return [(self.subject, self.cx, self.cy, SUBJECT_HALF)]
+
+
+@dataclass(frozen=True)
+class PairScene:
+    """Two subjects: `left` is named first in the caption, `right` second."""
+
+    left: Subject
+    right: Subject
+    place: str
+    dx: tuple[float, float] = (0.0, 0.0)  # centre offsets from PAIR_CENTRES, fractions of the side
+    dy: tuple[float, float] = (0.0, 0.0)
+
+    def caption(self, describe: bool = False) -> str:
+        first = f"{self.left.description()} {CLASS_WORD}" if describe else CLASS_WORD
+        second = f"{self.right.description()} {SECOND_CLASS_WORD}" if describe else SECOND_CLASS_WORD
+        return f"a {first} next to a {second} {self.place}"
+
+    def entity_spans(self) -> list[tuple[str, int, int]]:
+        text = self.caption()
+        first = len("a ")
+        second = text.index(f" {SECOND_CLASS_WORD} ") + 1
+        return [(CLASS_WORD, first, first + len(CLASS_WORD)),
+                (SECOND_CLASS_WORD, second, second + len(SECOND_CLASS_WORD))]
+
+    def placed(self) -> list[tuple[Subject, float, float, float]]:
+        return [(subject, centre + dx, 0.5 + dy, PAIR_HALF)
+                for subject, centre, dx, dy in zip((self.left, self.right), PAIR_CENTRES, self.dx, self.dy,
+                                                   strict=True)]
+
+    @property
+    def subjects(self) -> tuple[Subject, Subject]:
+        return self.left, self.right
 
 
 def all_subjects() -> list[Subject]:
@@ -100,6 +150,22 @@ def random_scene(rng: random.Random, subject: Subject | None = None, place: str 
     )
 
 
+def random_pair_scene(rng: random.Random, subjects: list[Subject] | None = None, place: str | None = None,
+                      pair: tuple[Subject, Subject] | None = None) -> PairScene:
+    """Two different subjects (`pair`, else drawn from `subjects`, default all) at `place` (else a random one)."""
+    left, right = pair if pair is not None else rng.sample(subjects or all_subjects(), 2)
+    jitter = [rng.uniform(-PAIR_JITTER, PAIR_JITTER) for _ in range(4)]
+    return PairScene(left, right, place if place is not None else rng.choice(list(PLACES)),
+                     (jitter[0], jitter[1]), (jitter[2], jitter[3]))
+
+
+def random_any_scene(rng: random.Random, pair_prob: float, subjects: list[Subject] | None = None) -> Scene | PairScene:
+    """A two-subject scene with probability `pair_prob`, else a one-subject scene."""
+    if rng.random() < pair_prob:
+        return random_pair_scene(rng, subjects)
+    return random_scene(rng, subjects=subjects)
+
+
 def shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]] | None:
     """Polygon vertices in pixels for a shape centred at (cx, cy) with half-extent `half`; None for the disc."""
     if shape == "disc":
@@ -125,23 +191,25 @@ def draw_subject(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, ha
         draw.polygon(poly, fill=fill)
 
 
-def subject_mask(shape: str, size: int, cx: float, cy: float) -> np.ndarray:
-    """Boolean (size, size) mask of a shape centred at fractional (cx, cy)."""
+def subject_mask(shape: str, size: int, cx: float, cy: float, half: float = SUBJECT_HALF) -> np.ndarray:
+    """Boolean (size, size) mask of a shape centred at fractional (cx, cy) with fractional half-extent `half`."""
     img = Image.new("L", (size, size), 0)
-    draw_subject(ImageDraw.Draw(img), shape, cx * size, cy * size, SUBJECT_HALF * size, 255)
+    draw_subject(ImageDraw.Draw(img), shape, cx * size, cy * size, half * size, 255)
     return np.asarray(img) > 127
 
 
-def render(scene: Scene, size: int = 32) -> Image.Image:
+def render(scene: Scene | PairScene, size: int = 32) -> Image.Image:
     img = Image.new("RGB", (size, size), PLACES[scene.place])
-    draw_subject(ImageDraw.Draw(img), scene.subject.shape, scene.cx * size, scene.cy * size, SUBJECT_HALF * size,
-                 COLOURS[scene.subject.colour])
+    draw = ImageDraw.Draw(img)
+    for subject, cx, cy, half in scene.placed():
+        draw_subject(draw, subject.shape, cx * size, cy * size, half * size, COLOURS[subject.colour])
     return img
 
 
-def render_mask(scene: Scene, size: int = 32) -> Image.Image:
-    """Full-image subject mask, L mode 0/255."""
-    return Image.fromarray(subject_mask(scene.subject.shape, size, scene.cx, scene.cy).astype(np.uint8) * 255, "L")
+def render_mask(scene: Scene | PairScene, size: int = 32, entity: int = 0) -> Image.Image:
+    """Full-image mask of subject `entity` (left to right), L mode 0/255."""
+    subject, cx, cy, half = scene.placed()[entity]
+    return Image.fromarray(subject_mask(subject.shape, size, cx, cy, half).astype(np.uint8) * 255, "L")
 
 
 def reference_image(subject: Subject, size: int = 64, cutout: bool = False, place: str = "on the grass",
@@ -160,7 +228,7 @@ def reference_image(subject: Subject, size: int = 64, cutout: bool = False, plac
 
 def vocabulary() -> list[str]:
     """Every word a toy caption can contain (for the base model's CLIP tokenizer)."""
-    words = {"a", CLASS_WORD, *COLOURS, *SHAPES.values()}
+    words = {"a", CLASS_WORD, SECOND_CLASS_WORD, "next", "to", *COLOURS, *SHAPES.values()}
     for place in PLACES:
         words.update(place.split())
     return sorted(words)

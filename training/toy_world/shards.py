@@ -1,7 +1,8 @@
 """Toy-world training data in the trainer's webdataset shard formats (docs/data.md), plus its KOSMOS-G tokenizer.
 
 Every shard holds only the seen subjects (`scenes.seen_subjects`): the held-out ones are never shown to stage 1, 2
-or 3, so the evaluation can score them as zero-shot subjects.
+or 3, so the evaluation can score them as zero-shot subjects. A share `pair_prob` of the scenes (captions and
+compositional) shows two subjects side by side ("a toy next to a block on the beach", `scenes.PairScene`).
 
 * captions (stages 2, 3): `{key}.jpg` scene, `{key}.txt` caption; on `describe_prob` of them the caption names
   the subject's colour and shape words (so stage 2 aligns those words to the base text encoder too).
@@ -14,8 +15,9 @@ or 3, so the evaluation can score them as zero-shot subjects.
   0.85 on cut-outs after 3,000 steps.
 * compositional (stage 3): `{key}.jpg`, `{key}.json` {"caption": "a toy on the beach", "entities": [{"name": "toy",
   "span": [2, 5]}]}, `{key}.ent0.crop.jpg` (square crop with background), `{key}.ent0.cut.png` (white-background
-  cut-out), `{key}.ent0.mask.png` (full-image mask). The loader drops the word "toy" with p=0.5 so that the image
-  has to stand in for the subject.
+  cut-out), `{key}.ent0.mask.png` (full-image mask); two-subject scenes have entities "toy" and "block" and files
+  `ent0.*`, `ent1.*`. The loader drops the entity words with p=0.5 so that the images have to stand in for the
+  subjects: "a <image> next to a <image> on the beach".
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from training.data.writer import ShardWriter, encode_jpeg, encode_png
 
 from .scenes import (
     CLASS_WORD,
+    PAIR_PROB,
     PLACES,
     SUBJECT_HALF,
+    PairScene,
     Scene,
+    random_any_scene,
     random_scene,
     reference_image,
     render,
@@ -42,24 +47,25 @@ from .scenes import (
 SCENE_SIZE = 64  # stored size; the trainer resizes to sd15.resolution (32) and the ViT's 28 px
 
 
-def entity_images(scene: Scene, size: int = SCENE_SIZE) -> tuple[Image.Image, Image.Image, Image.Image]:
-    """(crop with background, white-background cut-out, full-image mask) of the scene's subject."""
+def entity_images(scene: Scene | PairScene, entity: int = 0,
+                  size: int = SCENE_SIZE) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(crop with background, white-background cut-out, full-image mask) of subject `entity` of the scene."""
     full = render(scene, size)
-    mask = render_mask(scene, size)
-    half = SUBJECT_HALF * size * 1.5
-    box = tuple(round(v) for v in (scene.cx * size - half, scene.cy * size - half,
-                                   scene.cx * size + half, scene.cy * size + half))
+    mask = render_mask(scene, size, entity)
+    _, cx, cy, half = scene.placed()[entity]
+    half = half * size * 1.5
+    box = tuple(round(v) for v in (cx * size - half, cy * size - half, cx * size + half, cy * size + half))
     crop = full.crop(box).resize((size, size), Image.BICUBIC)
     cut = Image.composite(full, Image.new("RGB", full.size, (255, 255, 255)), mask).crop(box)
     return crop, cut.resize((size, size), Image.BICUBIC), mask
 
 
 def write_caption_shards(out_dir: str | Path, count: int, seed: int, describe_prob: float = 0.5,
-                         per_shard: int = 500) -> list[Path]:
+                         pair_prob: float = PAIR_PROB, per_shard: int = 500) -> list[Path]:
     rng = random.Random(f"captions/{seed}")
     with ShardWriter(out_dir, "captions", per_shard) as writer:
         for i in range(count):
-            scene = random_scene(rng, subjects=seen_subjects())
+            scene = random_any_scene(rng, pair_prob, seen_subjects())
             writer.write({"__key__": f"c{i:06d}", "jpg": encode_jpeg(render(scene, SCENE_SIZE)),
                           "txt": scene.caption(describe=rng.random() < describe_prob)})
     return writer.paths
@@ -79,18 +85,20 @@ def write_reference_shards(out_dir: str | Path, count: int, seed: int, per_shard
     return writer.paths
 
 
-def write_compositional_shards(out_dir: str | Path, count: int, seed: int, per_shard: int = 500) -> list[Path]:
+def write_compositional_shards(out_dir: str | Path, count: int, seed: int, pair_prob: float = PAIR_PROB,
+                               per_shard: int = 500) -> list[Path]:
     rng = random.Random(f"compositional/{seed}")
     with ShardWriter(out_dir, "compositional", per_shard) as writer:
         for i in range(count):
-            scene = random_scene(rng, subjects=seen_subjects())
-            crop, cut, mask = entity_images(scene)
-            start, end = scene.entity_span()
-            writer.write({
-                "__key__": f"p{i:06d}", "jpg": encode_jpeg(render(scene, SCENE_SIZE)),
-                "json": {"caption": scene.caption(), "entities": [{"name": "toy", "span": [start, end]}]},
-                "ent0.crop.jpg": encode_jpeg(crop), "ent0.cut.png": encode_png(cut), "ent0.mask.png": encode_png(mask),
-            })
+            scene = random_any_scene(rng, pair_prob, seen_subjects())
+            sample = {"__key__": f"p{i:06d}", "jpg": encode_jpeg(render(scene, SCENE_SIZE)),
+                      "json": {"caption": scene.caption(), "entities": [
+                          {"name": name, "span": [start, end]} for name, start, end in scene.entity_spans()]}}
+            for k in range(len(scene.placed())):
+                crop, cut, mask = entity_images(scene, k)
+                sample |= {f"ent{k}.crop.jpg": encode_jpeg(crop), f"ent{k}.cut.png": encode_png(cut),
+                           f"ent{k}.mask.png": encode_png(mask)}
+            writer.write(sample)
     return writer.paths
 
 
@@ -104,7 +112,8 @@ def write_kosmos_tokenizer(out_dir: str | Path, seed: int = 0, vocab_size: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"tokenizer/{seed}")
-    lines = [random_scene(rng, subjects=seen_subjects()).caption(describe=rng.random() < 0.5) for _ in range(2000)]
+    lines = [random_any_scene(rng, PAIR_PROB, seen_subjects()).caption(describe=rng.random() < 0.5)
+             for _ in range(2000)]
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "sentencepiece.bpe"),

@@ -21,7 +21,14 @@ from pathlib import Path
 from training.evaluation.report import write_json
 
 from .base_model import SHIPPED_BASE
-from .evaluate import ATTRIBUTE_COLUMNS, CHANCE_SUBJECT_FIDELITY, CONDITIONS, TABLE_COLUMNS
+from .evaluate import (
+    ATTRIBUTE_COLUMNS,
+    CHANCE_ENTITY_EXACT,
+    CHANCE_SUBJECT_FIDELITY,
+    CONDITIONS,
+    TABLE_COLUMNS,
+    TWO_ENTITY_COLUMNS,
+)
 from .run import PRESETS, ToyRunConfig, run
 
 log = logging.getLogger(__name__)
@@ -39,22 +46,25 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def aggregate(per_seed: dict[int, dict]) -> dict:
-    """{condition: {metric: {"mean", "se", "values"}}} over the seeds' results.json contents."""
-    metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")] + ATTRIBUTE_COLUMNS
+def aggregate(per_seed: dict[int, dict], section: str = "conditions",
+              metrics: list[str] | None = None) -> dict:
+    """{condition: {metric: {"mean", "se", "values"}}} over the seeds' results.json contents (`section`:
+    "conditions" for one-subject prompts, "two_entity" for two-subject ones)."""
+    if metrics is None:
+        metrics = [c for c in TABLE_COLUMNS if not c.endswith("images")] + ATTRIBUTE_COLUMNS
     table = {}
     for condition in CONDITIONS:
         table[condition] = {}
         for metric in metrics:
-            values = [per_seed[s]["conditions"][condition][metric] for s in sorted(per_seed)]
+            values = [per_seed[s][section][condition][metric] for s in sorted(per_seed)]
             mean, se = mean_and_se(values)
             table[condition][metric] = {"mean": mean, "se": se, "values": values}
     return table
 
 
-def _table(summary: dict, metrics: list[str]) -> list[str]:
+def _table(summary: dict, metrics: list[str], section: str = "table") -> list[str]:
     lines = ["| condition | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for condition, row in summary["table"].items():
+    for condition, row in summary[section].items():
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['se']:.3f}" for m in metrics]
         lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     return lines
@@ -63,6 +73,10 @@ def _table(summary: dict, metrics: list[str]) -> list[str]:
 def study_markdown(summary: dict) -> str:
     lines = _table(summary, [c for c in TABLE_COLUMNS if not c.endswith("images")])
     lines += ["", "By attribute, seen and held-out subjects:", ""] + _table(summary, ATTRIBUTE_COLUMNS)
+    if summary.get("two_entity"):
+        lines += ["", f"Two entities, \"a <i> next to a <i> on the beach\" ({summary['images_per_condition']['two_entity']} "
+                  "prompts per seed and condition; a subject counts when exactly right on its own side, chance "
+                  f"{CHANCE_ENTITY_EXACT:.3f}):", ""] + _table(summary, TWO_ENTITY_COLUMNS, "two_entity")
     seeds = summary["seeds"]
     images = summary["images_per_condition"]
     return (
@@ -88,8 +102,11 @@ def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunCo
     summary = {
         "seeds": list(seeds),
         "table": aggregate(per_seed),
+        "two_entity": (aggregate(per_seed, "two_entity", TWO_ENTITY_COLUMNS)
+                       if per_seed[seeds[0]]["two_entity"] else {}),
         "images_per_condition": {"all": first["images"], "seen": first["seen_images"],
-                                 "held_out": first["held_out_images"]},
+                                 "held_out": first["held_out_images"],
+                                 "two_entity": per_seed[seeds[0]]["sampling"]["two_entity_images_per_condition"]},
         "chance_subject_fidelity": CHANCE_SUBJECT_FIDELITY,
         "command": " ".join(["python", "-m", "training.toy_world.study", *sys.argv[1:]]),
     }
