@@ -147,9 +147,8 @@ def test_held_out_subjects_are_new_combinations_of_seen_attributes():
 def test_no_kosmos_g_training_shard_shows_a_held_out_subject(tmp_path):
     """Stage 1's captions name every subject they show; the references and the stage 2/3 scenes are checked by
     reading their pictures back with the scorer."""
-    import tarfile
-
     import json
+    import tarfile
 
     from training.toy_world.scenes import CLASS_WORD, SECOND_CLASS_WORD, held_out_subjects
     from training.toy_world.scorer import read_pair

@@ -10,7 +10,8 @@ to the next sample (a reference unrelated to its target). On held-out scenes, th
 own reference is then compared with the loss with a shuffled one, on the same noise. Training on matching references
 must leave the model relying on the image clearly more than training on unrelated ones does: when stage 3 stops
 passing the image's information to the U-Net (a broken image path, references paired with the wrong targets, a loss
-that ignores the condition), the two runs end alike and this test fails.
+that ignores the condition), the two runs end alike and this test fails. The scenes show one subject each, so that
+moving `ent0` unpairs every reference.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def _mismatched_copy(src: Path, dst: Path) -> None:
 def data(tmp_path_factory):
     assert STAGE2.is_file(), f"{STAGE2} is missing (see this module's docstring)"
     root = tmp_path_factory.mktemp("stage3_learns")
-    write_compositional_shards(root / "matching", 400, 0, per_shard=400)
+    write_compositional_shards(root / "matching", 400, 0, pair_prob=0.0, per_shard=400)
     _mismatched_copy(root / "matching", root / "mismatched")
-    write_compositional_shards(root / "held_out", HELD_OUT, 99, per_shard=HELD_OUT)
+    write_compositional_shards(root / "held_out", HELD_OUT, 99, pair_prob=0.0, per_shard=HELD_OUT)
     return root
 
 

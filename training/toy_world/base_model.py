@@ -36,7 +36,7 @@ from training.cli import setup_logging
 from training.sd15 import cast_module
 
 from .clip_tokenizer import write_clip_tokenizer
-from .scenes import COLOURS, PAIR_PROB, PLACES, SHAPES, PairScene, random_any_scene, render, vocabulary
+from .scenes import COLOURS, PAIR_PROB, PLACES, SHAPES, random_any_scene, render, vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
 def _attribute_labels(scene, described: bool) -> tuple[int, ...]:
     """(place, subject count - 1, first colour word, first shape word, second colour word, second shape word) class
     ids of a caption; 0 = the caption names no such colour / shape."""
-    subjects = scene.subjects if isinstance(scene, PairScene) else (scene.subject,)
+    subjects = scene.subjects
     words = []
     for k in range(2):
         named = described and k < len(subjects)

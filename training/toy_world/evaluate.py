@@ -136,8 +136,7 @@ def _kosmos_conditions(model, scenes, with_image: bool, settings: EvalSettings) 
     def prompt(scene):
         if not with_image:
             return text_prompt(scene)
-        subjects = scene.subjects if isinstance(scene, PairScene) else (scene.subject,)
-        return InterleavedPrompt.from_text(image_prompt(scene), images=[refs[s] for s in subjects])
+        return InterleavedPrompt.from_text(image_prompt(scene), images=[refs[s] for s in scene.subjects])
 
     refs = {s: settings.reference_image(s) for s in all_subjects()}
     prompts = [prompt(scene) for scene in scenes]

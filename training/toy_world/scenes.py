@@ -85,6 +85,10 @@ class Scene:
         """(subject, cx, cy, half-extent) of each subject, left to right; fractions of the side."""
         return [(self.subject, self.cx, self.cy, SUBJECT_HALF)]
 
+    @property
+    def subjects(self) -> tuple[Subject]:
+        return (self.subject,)
+
 
 @dataclass(frozen=True)
 class PairScene:
