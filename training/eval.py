@@ -130,7 +130,7 @@ def cmd_coco_fid(args) -> dict:
 
 
 def cmd_layout(args) -> dict:
-    from .eval_layout import main as layout_main
+    from .evaluation.layout import main as layout_main
     from .evaluation.report import bar_chart, markdown_table, write_json
 
     out = Path(args.out)
@@ -169,7 +169,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .eval_layout import add_arguments as add_layout_arguments
+    from .evaluation.layout import add_arguments as add_layout_arguments
 
     summary, _, examples = __doc__.partition("\n\n")
     parser = argparse.ArgumentParser(prog="python -m training.eval", description=summary, epilog=examples,
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inception: inception-2015-12-05.pt TorchScript file; clip: a CLIPModel folder")
     cf.set_defaults(func=cmd_coco_fid)
 
-    lay = sub.add_parser("layout", help="layout metrics of the text-to-layout planners (training.eval_layout)",
+    lay = sub.add_parser("layout", help="layout metrics of the text-to-layout planners (training.evaluation.layout)",
                          description="mIoU, count and relation accuracy of the rule-based and learned layout "
                                      "planners (docs/layout.md).", formatter_class=_HelpFormatter)
     lay.add_argument("--out", required=True, help="output folder")

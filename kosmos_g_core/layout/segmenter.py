@@ -6,7 +6,7 @@ the folder must hold config.json and the weights (and preferably preprocessor_co
 
 Used for (1) layout faithfulness of generated images (metrics: mIoU between the layout the image was generated from
 and the segmentation of the image, in the segmenter's label space), and (2) the segmentation-consistency loss of
-training/semantic_supervision.py. Use a different segmenter for evaluation than for training.
+training/stages/semantic_supervision.py. Use a different segmenter for evaluation than for training.
 """
 
 from __future__ import annotations

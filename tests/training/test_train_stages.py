@@ -298,12 +298,12 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
             calls["batch_keys"] = set(batch)
             return {"grounding": noise_pred.float().pow(2).mean() * 0 + 0.25}
 
-    from training.semantic_supervision import SemanticConfig
+    from training.stages.semantic_supervision import SemanticConfig
 
-    fake = types.ModuleType("training.semantic_supervision")
+    fake = types.ModuleType("training.stages.semantic_supervision")
     fake.SemanticSupervision = SemanticSupervision
     fake.SemanticConfig = SemanticConfig  # the real table parser: only the supervision is replaced
-    monkeypatch.setitem(sys.modules, "training.semantic_supervision", fake)
+    monkeypatch.setitem(sys.modules, "training.stages.semantic_supervision", fake)
 
     off = make_cfg(assets, "stage3", ["compositional"])
     off = replace(off, semantic={"grounding_weight": 0.0})

@@ -8,7 +8,7 @@ Config tables it reads (everything else is the shared trainer's):
 * [model] preset = a kosmos_g_core.layout.model.PRESETS key ("small" | "small_clip" | "tiny"); init = an exported
   layout .safetensors to start from (optional).
 * [data] source = "procedural" (built-in scenes) | "coco_stuff" (captions json + stuffthingmaps folder) |
-  "shards" (tar files from training.layout_data.write_shards); batch_size; size (label resolution, default 64);
+  "shards" (tar files from training.data.layout.write_shards); batch_size; size (label resolution, default 64);
   train_scenes (procedural, default 20000); seed (procedural data seed, default 0); captions, labels (coco_stuff);
   shards (list of paths); val_scenes (held-out procedural scenes scored at every [sample] step, default 200);
   final_eval_scenes (after the export, both planners scored on this many held-out scenes, printed; default 0);
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, la
 from kosmos_g_core.layout.palettes import COCO_PANOPTIC_133
 from kosmos_g_core.layout.vocabulary import NUMBER_WORDS, known_words
 
+from ..data.layout import LayoutDataConfig, LayoutLoader, build_dataset, make_scene
 from ..distributed import unwrap
 from .base import register, to_device
 
@@ -81,63 +81,6 @@ class LayoutTraining(nn.Module):
         return layout_losses(self.model, text, pad, batch["labels"], batch.get("instances"), **self.loss_opts)
 
 
-@dataclass(frozen=True)
-class LayoutDataConfig:
-    """The layout stage's `[data]` table (see the module docstring), every value type-checked at config load."""
-
-    batch_size: int = 0               # required: samples per rank per micro-step
-    source: str = "procedural"        # procedural | coco_stuff | shards
-    size: int = 64                    # label-map side
-    train_scenes: int = 20000         # procedural
-    seed: int = 0                     # procedural data seed; held-out scenes use seed + 1
-    captions: str = ""                # coco_stuff: captions json
-    labels: str = ""                  # coco_stuff: stuffthingmaps folder
-    limit: int | None = None          # coco_stuff: at most this many images
-    shards: tuple[str, ...] = ()      # shards: layout tar files
-    val_scenes: int = 200
-    final_eval_scenes: int = 0
-    p_full_mask: float = 0.3          # layout_losses weights
-    token_weight: float = 0.5
-    edge_weight: float = 0.5
-
-    @classmethod
-    def from_table(cls, data: dict) -> LayoutDataConfig:
-        from ..typed_tables import ConfigTypeError, from_table
-
-        data = dict(data)
-        if isinstance(data.get("shards"), str):
-            data["shards"] = [data["shards"]]
-        config = from_table(cls, data, "[data]")
-        if config.batch_size < 1:
-            raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
-                                  "per micro-step)")
-        if config.source not in ("procedural", "coco_stuff", "shards"):
-            raise ConfigTypeError(f"[data] source = {config.source!r}: expected procedural | coco_stuff | shards")
-        for key in {"coco_stuff": ("captions", "labels"), "shards": ("shards",)}.get(config.source, ()):
-            if not getattr(config, key):
-                raise ConfigTypeError(f"[data] source = {config.source} needs [data] {key}")
-        return config
-
-
-def _dataset(data: LayoutDataConfig):
-    from training.layout_data import CocoStuffLayouts, ProceduralLayouts, ShardLayouts
-
-    if data.source == "procedural":
-        return ProceduralLayouts(data.train_scenes, data.seed, data.size)
-    if data.source == "coco_stuff":
-        return CocoStuffLayouts(data.captions, data.labels, size=data.size, limit=data.limit)
-    return ShardLayouts(list(data.shards))
-
-
-def _captions_for_vocab(dataset, limit: int = 2000) -> list[str]:
-    n = min(len(dataset), limit)
-    if hasattr(dataset, "items"):  # COCO: captions without opening label maps
-        return [c for c, _ in dataset.items[:n]]
-    if hasattr(dataset, "scene"):
-        return [dataset.scene(i).caption for i in range(n)]
-    return [dataset[i]["caption"] for i in range(n)]
-
-
 @register("layout")
 class LayoutStage:
     find_unused_parameters = False
@@ -165,12 +108,10 @@ class LayoutStage:
             config = PRESETS[preset]
             model = TextToLayoutModel(config)
             vocab = None
-        self._dataset = _dataset(data)
+        self._dataset = build_dataset(data)
         if model.config.text_encoder == "words" and vocab is None:
-            vocab = WordVocab.build(_captions_for_vocab(self._dataset), model.config.vocab_size, extra=_BASE_WORDS)
-        loss_opts = {"p_full_mask": data.p_full_mask, "token_weight": data.token_weight,
-                     "edge_weight": data.edge_weight}
-        module = LayoutTraining(model, vocab, loss_opts).to(device)
+            vocab = WordVocab.build(self._dataset.captions(2000), model.config.vocab_size, extra=_BASE_WORDS)
+        module = LayoutTraining(model, vocab, data.loss_weights).to(device)
         if model.config.text_encoder == "clip":
             from ..sd15 import load_sd15
 
@@ -186,11 +127,9 @@ class LayoutStage:
         return [p for p in model.parameters() if p.requires_grad]
 
     def build_dataloader(self, cfg, rank: int, world_size: int):
-        from training.layout_data import LayoutLoader
-
         data = self.check_config(cfg)
         if self._dataset is None:
-            self._dataset = _dataset(data)
+            self._dataset = build_dataset(data)
         return LayoutLoader(self._dataset, data.batch_size, seed=cfg.run.seed, rank=rank, world_size=world_size)
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
@@ -219,7 +158,7 @@ class LayoutStage:
         import sys
         from pathlib import Path
 
-        from training.eval_layout import format_table, held_out_scenes, score_learned, score_rule_based
+        from ..evaluation.layout import format_table, held_out_scenes, score_learned, score_rule_based
 
         seed = data.seed + 1
         pairs = held_out_scenes(scenes, seed, data.size)
@@ -232,8 +171,6 @@ class LayoutStage:
     @torch.no_grad()
     def sample(self, model: nn.Module, step: int, writer) -> None:
         """Held-out mIoU on procedural scenes (seed + 1) and a strip of predicted layouts in TensorBoard."""
-        from training.layout_data import make_scene
-
         cfg = self._cfg
         data = self.check_config(cfg)
         module = unwrap(model)

@@ -7,7 +7,7 @@
 
 Trainable: MLLM, connector, AlignerNet M, last ViT block + ln_post. Data: compositional : editing : captions shards
 (the loader applies the entity-word, cut-out and caption-drop rules). When `[semantic]` has a non-zero weight the
-layout engineer's `training.semantic_supervision.SemanticSupervision` adds its terms.
+`semantic_supervision.SemanticSupervision` (beside this file) adds its terms.
 """
 
 from __future__ import annotations
@@ -135,13 +135,13 @@ class Stage3(KosmosStage):
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
 
     def check_config(self, cfg) -> None:
-        from training.semantic_supervision import SemanticConfig
+        from .semantic_supervision import SemanticConfig
 
         super().check_config(cfg)
         SemanticConfig.from_dict(cfg.semantic)
 
     def build_model(self, cfg, device: torch.device) -> InstructionTuning:
-        from training.semantic_supervision import SemanticConfig
+        from .semantic_supervision import SemanticConfig
 
         kosmos = build_kosmos(cfg, device, aligner="encoder")
         self.remember(cfg, kosmos)
@@ -154,7 +154,7 @@ class Stage3(KosmosStage):
         module.add_frozen("vae", parts.vae)
         module.add_frozen("noise_scheduler", parts.noise_scheduler)
         if SemanticConfig.from_dict(cfg.semantic).enabled:
-            from training.semantic_supervision import SemanticSupervision
+            from .semantic_supervision import SemanticSupervision
 
             semantic = SemanticSupervision(dict(cfg.semantic), parts.unet)
             if hasattr(semantic, "attach_aligner"):

@@ -54,7 +54,7 @@ class SemanticConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SemanticConfig:
-        from .typed_tables import from_table
+        from ..typed_tables import from_table
 
         return from_table(cls, d, "[semantic]")
 
