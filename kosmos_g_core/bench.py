@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
+from .dtypes import DTYPES
 from .tokenizer import BUNDLED_DIR
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPT = "<i> wearing <i>"
 
 

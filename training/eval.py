@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from kosmos_g_core.dtypes import DTYPES
 from training.cli import setup_logging
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _device(name: str) -> str:
@@ -38,7 +38,7 @@ def _load_generator(args):
 
     from .evaluation.sampler import DiffusionSampler
 
-    device, dtype = _device(args.device), _DTYPES[args.dtype]
+    device, dtype = _device(args.device), DTYPES[args.dtype]
     if not args.checkpoint or not args.sd15:
         raise SystemExit("generation needs --checkpoint (KOSMOS-G pack .safetensors) and --sd15 (diffusers SD1.5 folder)")
     model = load_checkpoint(args.checkpoint, dtype=dtype, device=device).eval()
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resolution", type=int, default=512, help="generated image side in pixels")
         p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
         p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-        p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES), help="dtype of the generator")
+        p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of the generator")
         p.add_argument("--score-only", action="store_true", help="score the images already in --out")
 
     db = sub.add_parser("dreambench", help="DreamBench DINO / CLIP-I / CLIP-T (KOSMOS-G single-image protocol)",

@@ -19,18 +19,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..distributed import unwrap
+from ..distributed import is_fsdp, unwrap
 from ..sd15 import load_sd15
 from .base import (
     KosmosStage,
     StageModule,
     build_kosmos,
     check_condition_width,
+    frozen_dtype,
     last_vit_block_prefixes,
     register,
     to_device,
 )
-from .stage2 import frozen_dtype
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,6 @@ class Stage3(KosmosStage):
         from .semantic_supervision import SemanticConfig
 
         kosmos = build_kosmos(cfg, device, aligner="encoder")
-        self.remember(cfg, kosmos)
-        self._cfg = cfg
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), unet=True, vae=True)
         check_condition_width(kosmos, parts.unet.config.cross_attention_dim, "the U-Net's cross-attention",
                               cfg.sd15.path)
@@ -157,29 +155,30 @@ class Stage3(KosmosStage):
             from .semantic_supervision import SemanticSupervision
 
             semantic = SemanticSupervision(dict(cfg.semantic), parts.unet)
-            if hasattr(semantic, "attach_aligner"):
-                # Entity token positions are MLLM positions: the hook maps them to the U-Net's 77 context slots
-                # through AlignerNet M's attention.
-                semantic.attach_aligner(kosmos.aligner)
+            # Entity token positions are MLLM positions: the hook maps them to the U-Net's 77 context slots
+            # through AlignerNet M's attention.
+            semantic.attach_aligner(kosmos.aligner)
             module.add_frozen("semantic", semantic)
             log.info("semantic supervision enabled: %s", cfg.semantic)
         return self.finish_model(cfg, module)
 
-    def enable_activation_checkpointing(self, model) -> None:
-        super().enable_activation_checkpointing(model)
-        if self._cfg.sd15.gradient_checkpointing:
-            unwrap(model).frozen["unet"].enable_gradient_checkpointing()
+    def set_activation_checkpointing(self, model, cfg, enabled: bool) -> None:
+        super().set_activation_checkpointing(model, cfg, enabled)
+        unet = unwrap(model).frozen["unet"]
+        if enabled and cfg.sd15.gradient_checkpointing:  # the frozen U-Net too, when [sd15] asks for it
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
 
-    def _target_size(self, cfg) -> int:
+    def target_size(self, cfg) -> int:
         return cfg.sd15.resolution
 
-    def sample(self, model, step: int, writer) -> None:
-        cfg = self._cfg
+    def sample(self, model, step: int, writer, cfg) -> None:
         if not cfg.sample.prompts:
             return
         module = unwrap(model)
         # FSDP: every rank runs the (registered) conditioning method, since it gathers parameters.
-        caller = model if hasattr(model, "sample_conditions") else module
+        caller = model if is_fsdp(model) else module
         cond, uncond = caller.sample_conditions(_prompts(cfg.sample.prompts))
         if dist.is_initialized() and dist.get_rank() != 0:
             return
