@@ -51,6 +51,14 @@ class CheckpointError(ValueError):
     """A file that is not a usable KOSMOS-G checkpoint; the message names the file and what was expected."""
 
 
+class StableDiffusionFileError(CheckpointError):
+    """The file is a Stable Diffusion checkpoint (U-Net + VAE + CLIP): it belongs with the SD models."""
+
+
+class UNetWeightsFileError(CheckpointError):
+    """The file holds U-Net, LoRA or ControlNet weights: it belongs with those."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     dtype: torch.dtype
@@ -98,17 +106,21 @@ def _read_entries(path: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
     return entries, metadata
 
 
-def _describe_foreign(path: Path, keys: list[str]) -> str:
+def _foreign_file_error(path: Path, keys: list[str]) -> CheckpointError:
+    """The error for a file of another kind: its type says which kind (callers advise on it), its text says so too."""
     if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in keys):
-        return (f"{path} is a Stable Diffusion checkpoint, not a KOSMOS-G checkpoint. Put it with your SD1.5 models; "
-                "KOSMOS-G needs a file made by `python -m kosmos_g_core.convert` or exported by the trainer.")
+        return StableDiffusionFileError(
+            f"{path} is a Stable Diffusion checkpoint, not a KOSMOS-G checkpoint. Put it with your SD1.5 models; "
+            "KOSMOS-G needs a file made by `python -m kosmos_g_core.convert` or exported by the trainer.")
     if any(k.startswith(("text_model.model.", "vision_model.model.")) for k in keys):
-        return (f"{path} is a Hugging Face Kosmos-2 file. Convert its folder with "
-                "`python -m kosmos_g_core.convert --kosmos2 <folder> --out <file>` (then train stages 2-3).")
+        return CheckpointError(f"{path} is a Hugging Face Kosmos-2 file. Convert its folder with "
+                               "`python -m kosmos_g_core.convert --kosmos2 <folder> --out <file>` (then train stages "
+                               "2-3).")
     if any(k.startswith(("down_blocks.", "up_blocks.", "lora_", "control_model.")) for k in keys):
-        return f"{path} holds U-Net/LoRA/ControlNet weights, not a KOSMOS-G checkpoint."
+        return UNetWeightsFileError(f"{path} holds U-Net/LoRA/ControlNet weights, not a KOSMOS-G checkpoint.")
     sample = ", ".join(sorted(keys)[:5])
-    return f"{path} is not a KOSMOS-G checkpoint (expected keys such as 'gpt_model.decoder.*'; found {sample}, ...)"
+    return CheckpointError(f"{path} is not a KOSMOS-G checkpoint (expected keys such as 'gpt_model.decoder.*'; "
+                           f"found {sample}, ...)")
 
 
 def read_header(path: str | os.PathLike) -> tuple[KosmosGConfig, dict[str, str]]:
@@ -137,7 +149,7 @@ def _stored_config(path: Path, metadata: Mapping[str, str]) -> KosmosGConfig | N
 def _config_from(path: Path, entries: Mapping[str, _Entry], metadata: Mapping[str, str]) -> KosmosGConfig:
     keys = list(entries)
     if metadata.get("format") != FORMAT and not any(k.startswith("gpt_model.decoder.") for k in keys):
-        raise CheckpointError(_describe_foreign(path, keys))
+        raise _foreign_file_error(path, keys)
     stored = _stored_config(path, metadata)
     try:
         detected = detect_config({k: e.shape for k, e in entries.items()})

@@ -40,16 +40,22 @@ class SamplerSettings:
 
 def build_scheduler(name: str, folder: str | Path):
     """The sampling scheduler from the model's own `scheduler/` config (betas, offsets), as the official code does."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler
 
     folder = Path(folder)
     if not (folder / "scheduler" / "scheduler_config.json").is_file():
         raise FileNotFoundError(f"expected a diffusers scheduler config at {folder / 'scheduler'}")
+    return scheduler_from_config(name, DDIMScheduler.load_config(folder, subfolder="scheduler"))
+
+
+def scheduler_from_config(name: str, config):
+    """The sampling scheduler `name` on a model's noise-schedule config (a diffusers scheduler config dict)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
     if name == "dpmsolver++":
         # diffusers 0.21.4 defaults used by KOSMOS-G, spelled out so newer diffusers cannot change them.
-        return DPMSolverMultistepScheduler.from_pretrained(
-            folder,
-            subfolder="scheduler",
+        return DPMSolverMultistepScheduler.from_config(
+            config,
             algorithm_type="dpmsolver++",
             solver_order=2,
             solver_type="midpoint",
@@ -58,7 +64,7 @@ def build_scheduler(name: str, folder: str | Path):
             prediction_type="epsilon",
         )
     if name == "ddim":
-        return DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+        return DDIMScheduler.from_config(config)
     raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
 
 

@@ -104,28 +104,6 @@ def _prompts(items) -> list:
     return out
 
 
-@torch.no_grad()
-def render(unet, vae, noise_scheduler, cond: Tensor, uncond: Tensor, *, steps: int, guidance: float,
-           resolution: int, seed: int) -> Tensor:
-    """DPM-Solver++ (2M) with classifier-free guidance on the frozen U-Net and VAE -> (N, 3, R, R) in [0, 1]."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    sampler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++",
-                                                      solver_order=2)
-    sampler.set_timesteps(steps, device=cond.device)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    gen = torch.Generator(device="cpu").manual_seed(seed)  # its own generator: training RNG streams untouched
-    shape = (cond.shape[0], unet.config.in_channels, resolution // factor, resolution // factor)
-    latents = torch.randn(shape, generator=gen).to(cond.device, unet.dtype) * sampler.init_noise_sigma
-    context = torch.cat([uncond, cond]).to(unet.dtype)
-    for t in sampler.timesteps:
-        x = sampler.scale_model_input(torch.cat([latents, latents]), t)
-        eps_uncond, eps_cond = unet(x, t, encoder_hidden_states=context).sample.chunk(2)
-        latents = sampler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
 @register("stage3")
 class Stage3(KosmosStage):
     default_trainable = ("gpt_model.", "img_connector.", "aligner.")
@@ -182,15 +160,21 @@ class Stage3(KosmosStage):
         cond, uncond = caller.sample_conditions(_prompts(cfg.sample.prompts))
         if dist.is_initialized() and dist.get_rank() != 0:
             return
-        images = render(module.frozen["unet"], module.frozen["vae"], module.frozen["noise_scheduler"], cond, uncond,
-                        steps=cfg.sample.steps, guidance=cfg.sample.guidance,
-                        resolution=cfg.sample.resolution or cfg.sd15.resolution, seed=cfg.sample.seed)
-        writer.images("samples", images.cpu(), step)
+        from ..evaluation.sampler import DiffusionSampler, scheduler_from_config
+
+        unet, vae = module.frozen["unet"], module.frozen["vae"]
+        scheduler = scheduler_from_config("dpmsolver++", module.frozen["noise_scheduler"].config)
+        sampler = DiffusionSampler(unet, vae, scheduler, cond.device, unet.dtype)
+        images = sampler.sample(cond, uncond, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                                resolution=cfg.sample.resolution or cfg.sd15.resolution,
+                                # its own generator: the training RNG streams stay untouched
+                                generator=torch.Generator(device="cpu").manual_seed(cfg.sample.seed))
+        writer.images("samples", images, step)
         folder = Path(cfg.run.out_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
-        for i, img in enumerate(images.cpu()):
+        for i, img in enumerate(images):
             array = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
             Image.fromarray(array).save(folder / f"step_{step:08d}_{i}.png")
         log.info("wrote %d sample images to %s", len(images), folder)
