@@ -1,7 +1,7 @@
 """Reading a Hugging Face Kosmos-2 folder as an MLLM-only KOSMOS-G state dict (the practical stage-1 start).
 
 Kosmos-2 (`microsoft/kosmos-2-patch14-224`) shares KOSMOS-G's MLLM, vision tower, resampler and tokenizer
-(reference §7). Its `model.safetensors` (one file or shards listed in `model.safetensors.index.json`) is renamed to the
+(transformers' `convert_kosmos2_original_pytorch_checkpoint_to_pytorch.py`). Its `model.safetensors` (one file or shards listed in `model.safetensors.index.json`) is renamed to the
 official fairseq names the pack uses; its vocabulary of 65037 rows (KOSMOS-G's 64007 + 1030 grounding tokens) is cut
 to the first 64007 rows. There is no AlignerNet: stages 2 and 3 train it.
 
@@ -30,7 +30,7 @@ __all__ = ["hf_to_official_key", "kosmos2_tokenizer_bytes", "read_kosmos2_state_
 KOSMOS_G_VOCAB = 64007  # fairseq dictionary of KOSMOS-G; Kosmos-2 appends its grounding tokens after it
 HF_TIED_OUTPUT_KEY = "text_model.lm_head.weight"
 
-# Prefix renames, HF -> official (reference §7, the HF converter's table read backwards).
+# Prefix renames, HF -> official (the HF converter's table read backwards).
 _PREFIXES = (
     ("text_model.model.", "gpt_model.decoder."),
     ("image_to_text_projection.", "img_connector."),

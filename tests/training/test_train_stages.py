@@ -105,7 +105,7 @@ def test_stage2_trains_only_the_aligner_with_the_reference_loss(assets):
     assert model.kosmos.config.aligner.with_decoder
     batch = fixed_batch(stage, cfg, model)
 
-    # The formula of reference §4.3, recomputed by hand (eval mode: no dropout).
+    # The formula of the official `kosmos-g/unilm/models/aligner.py:56-66`, recomputed by hand (eval mode: no dropout).
     model.eval()
     loss, metrics = model(batch)
     tokens = batch["tokens"]
@@ -278,7 +278,7 @@ def test_unknown_stage_and_registry():
 
 
 def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, monkeypatch):
-    """The hook of training_api.md: built with ([semantic], unet) only when a weight is non-zero, called after the
+    """The hook of training/stages/semantic_supervision.py: built with ([semantic], unet) only when a weight is non-zero, called after the
     U-Net forward with the documented keywords, its weighted terms added to the loss."""
     import sys
     import types

@@ -1,4 +1,4 @@
-"""Per-sample features -> the batch dict of each stage (training_api.md).
+"""Per-sample features -> the batch dict of each stage (docs/data.md).
 
 * stage1: tokens (B,T) long, image_mask (B,T) bool, pixels (N,3,S,S), loss_mask (B,T) bool, source list[str]
 * stage2: tokens (B,T) long, captions list[str], source list[str]

@@ -1,6 +1,6 @@
 """Classifier-free-guided sampling with stock diffusers components and a precomputed (B, 77, 768) condition.
 
-Same loop as KOSMOS-G's `Diffusionmodel.sample` (kosmos_g.md §5): latents ~ N(0, I) * init_noise_sigma,
+Same loop as KOSMOS-G's `Diffusionmodel.sample` (official `kosmos-g/unilm/models/diffusion.py:86-133`, decode 264-273): latents ~ N(0, I) * init_noise_sigma,
 `scale_model_input`, the U-Net on [uncond; cond], eps = u + s * (c - u), `scheduler.step(..., eta=0)`, VAE decode of
 latents / scaling_factor, then (x / 2 + 0.5).clamp(0, 1). Works for SD1.5 and for the toy-world base model, which
 uses the same folder layout and classes.

@@ -1,4 +1,5 @@
-"""Stage 2, image-decoder aligning (reference §4.3, §6.1): text only; MLLM, vision tower and connector frozen;
+"""Stage 2, image-decoder aligning (official `kosmos-g/unilm/models/aligner.py:44-67`,
+`kosmos-g/unilm/models/kosmosg.py:234-238`): text only; MLLM, vision tower and connector frozen;
 AlignerNet M and N trained.
 
     z    = M(MLLM(tokens))                                  (B, 77, 768)

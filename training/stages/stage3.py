@@ -1,4 +1,5 @@
-"""Stage 3, compositional instruction tuning ("score distillation", reference §6.2).
+"""Stage 3, compositional instruction tuning ("score distillation"; official `kosmos-g/unilm/models/diffusion.py:64-84`,
+`kosmos-g/unilm/models/kosmosg.py:311-319`).
 
     c        = M(MLLM(tokens, images))                      (B, 77, 768), 10 % replaced by null = M(MLLM([<s>]))
     latents  = VAE.encode(target).sample() * 0.18215        frozen
