@@ -1,6 +1,7 @@
 """AlignerNet: maps MLLM hidden states into the input space of SD1.5's CLIP text encoder.
 
-Follows `kosmos-g/unilm/models/aligner.py` on the bundled torchscale (reference/kosmos_g.md §4.3). Encoder M:
+Follows `kosmos-g/unilm/models/aligner.py` on the bundled torchscale (`Aligner` lines 11-67, `Aligner_encoder`
+lines 70-100). Encoder M:
 `encoder_proj` (Linear 2048 -> 768 + learned positions, a padded bidirectional Sub-LN encoder) then 77 learned
 queries through a non-causal query decoder (`encoder`) -> (B, 77, 768), the U-Net's cross-attention context.
 Decoder N (stage 2 only) reconstructs the MLLM states from those 77 tokens, to keep them discriminative.

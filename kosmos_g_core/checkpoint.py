@@ -19,7 +19,6 @@ import logging
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,9 @@ from torch import nn
 from .config import HEAD_DIM, KosmosGConfig, detect_config, shape_mismatches
 from .layers import Ops
 from .model import KosmosG
+from .safetensors_file import DTYPE_NAMES, SafetensorsFormatError, read_tensor_bytes
+from .safetensors_file import TensorEntry as _Entry
+from .safetensors_file import read_header as read_safetensors_header
 from .tokenizer import KosmosTokenizer
 
 log = logging.getLogger(__name__)
@@ -37,79 +39,52 @@ FORMAT = "kosmos_g"
 FORMAT_VERSION = "2"  # "1": head counts in the config were derived, one per 64 channels
 TOKENIZER_SPM_KEY = "tokenizer.sentencepiece_model"
 TOKENIZER_DICT_KEY = "tokenizer.dict"
-_MAX_HEADER = 100 * 1024 * 1024
-
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-DTYPES_BY_NAME = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CheckpointError(ValueError):
     """A file that is not a usable KOSMOS-G checkpoint; the message names the file and what was expected."""
 
 
-@dataclass(frozen=True)
-class _Entry:
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int  # absolute file offsets
-    end: int
+class StableDiffusionFileError(CheckpointError):
+    """The file is a Stable Diffusion checkpoint (U-Net + VAE + CLIP): it belongs with the SD models."""
+
+
+class UNetWeightsFileError(CheckpointError):
+    """The file holds U-Net, LoRA or ControlNet weights: it belongs with those."""
 
 
 def _read_entries(path: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
     """Parse a safetensors header without reading tensor data; checks every tensor lies inside the file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path} is a PyTorch pickle (.pt/.ckpt), not the pack's .safetensors format. Official KOSMOS-G "
-                "files are converted once with `python -m kosmos_g_core.convert`."
-            )
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is {size} bytes long: too short to be a .safetensors file")
-        n = struct.unpack("<Q", head)[0]
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path} is not a .safetensors file (or is truncated): bad header length {n}")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path} is not a .safetensors file: its header is not JSON ({e})") from None
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    entries = {}
-    for name, info in header.items():
-        try:
-            begin, end = info["data_offsets"]
-            entry = _Entry(_DTYPES[info["dtype"]], tuple(info["shape"]), data_start + begin, data_start + end)
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed .safetensors header entry for '{name}'") from None
-        if entry.end > size:
-            raise CheckpointError(
-                f"{path} is truncated: tensor '{name}' ends at byte {entry.end} but the file has {size} bytes. "
-                "Download or copy it again."
-            )
-        entries[name] = entry
-    return entries, metadata
+        head = f.read(2)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle (.pt/.ckpt), not the pack's .safetensors format. Official KOSMOS-G "
+            "files are converted once with `python -m kosmos_g_core.convert`."
+        )
+    try:
+        return read_safetensors_header(path)
+    except SafetensorsFormatError as e:
+        raise CheckpointError(str(e)) from None
 
 
-def _describe_foreign(path: Path, keys: list[str]) -> str:
+def _foreign_file_error(path: Path, keys: list[str]) -> CheckpointError:
+    """The error for a file of another kind: its type says which kind (callers advise on it), its text says so too."""
     if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in keys):
-        return (f"{path} is a Stable Diffusion checkpoint, not a KOSMOS-G checkpoint. Put it with your SD1.5 models; "
-                "KOSMOS-G needs a file made by `python -m kosmos_g_core.convert` or exported by the trainer.")
+        return StableDiffusionFileError(
+            f"{path} is a Stable Diffusion checkpoint, not a KOSMOS-G checkpoint. Put it with your SD1.5 models; "
+            "KOSMOS-G needs a file made by `python -m kosmos_g_core.convert` or exported by the trainer.")
     if any(k.startswith(("text_model.model.", "vision_model.model.")) for k in keys):
-        return (f"{path} is a Hugging Face Kosmos-2 file. Convert its folder with "
-                "`python -m kosmos_g_core.convert --kosmos2 <folder> --out <file>` (then train stages 2-3).")
+        return CheckpointError(f"{path} is a Hugging Face Kosmos-2 file. Convert its folder with "
+                               "`python -m kosmos_g_core.convert --kosmos2 <folder> --out <file>` (then train stages "
+                               "2-3).")
     if any(k.startswith(("down_blocks.", "up_blocks.", "lora_", "control_model.")) for k in keys):
-        return f"{path} holds U-Net/LoRA/ControlNet weights, not a KOSMOS-G checkpoint."
+        return UNetWeightsFileError(f"{path} holds U-Net/LoRA/ControlNet weights, not a KOSMOS-G checkpoint.")
     sample = ", ".join(sorted(keys)[:5])
-    return f"{path} is not a KOSMOS-G checkpoint (expected keys such as 'gpt_model.decoder.*'; found {sample}, ...)"
+    return CheckpointError(f"{path} is not a KOSMOS-G checkpoint (expected keys such as 'gpt_model.decoder.*'; "
+                           f"found {sample}, ...)")
 
 
 def read_header(path: str | os.PathLike) -> tuple[KosmosGConfig, dict[str, str]]:
@@ -138,7 +113,7 @@ def _stored_config(path: Path, metadata: Mapping[str, str]) -> KosmosGConfig | N
 def _config_from(path: Path, entries: Mapping[str, _Entry], metadata: Mapping[str, str]) -> KosmosGConfig:
     keys = list(entries)
     if metadata.get("format") != FORMAT and not any(k.startswith("gpt_model.decoder.") for k in keys):
-        raise CheckpointError(_describe_foreign(path, keys))
+        raise _foreign_file_error(path, keys)
     stored = _stored_config(path, metadata)
     try:
         detected = detect_config({k: e.shape for k, e in entries.items()})
@@ -185,14 +160,10 @@ def _read_into(f, entry: _Entry, dest: torch.Tensor) -> None:
     """Read one tensor from the open file straight into `dest` (any device/dtype), with at most one temporary."""
     direct = dest.device.type == "cpu" and dest.dtype == entry.dtype and dest.is_contiguous()
     target = dest if direct else torch.empty(entry.shape, dtype=entry.dtype)
-    buf = memoryview(target.detach().reshape(-1).view(torch.uint8).numpy())
-    f.seek(entry.start)
-    filled = 0
-    while filled < len(buf):
-        n = f.readinto(buf[filled:])
-        if not n:
-            raise CheckpointError(f"{f.name}: unexpected end of file while reading a tensor")
-        filled += n
+    try:
+        read_tensor_bytes(f, entry.start, target)
+    except SafetensorsFormatError as e:
+        raise CheckpointError(str(e)) from None
     if not direct:
         with torch.no_grad():
             dest.copy_(target)
@@ -258,7 +229,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
     offset = 0
     for name, t in tensors.items():
         n = t.numel() * out_dtype(t).itemsize
-        header[name] = {"dtype": _DTYPE_NAMES[out_dtype(t)], "shape": list(t.shape),
+        header[name] = {"dtype": DTYPE_NAMES[out_dtype(t)], "shape": list(t.shape),
                         "data_offsets": [offset, offset + n]}
         offset += n
     if metadata:

@@ -1,7 +1,8 @@
 """Architecture configs of KOSMOS-G, as frozen dataclasses with named presets.
 
-The official sizes follow the `kosmosg_xl` architecture of microsoft/unilm `kosmos-g/` (reference/kosmos_g.md §3, §4,
-§8). A checkpoint's config is detected from its tensor shapes (`detect_config`), never from a file name. Shapes
+The official sizes follow the `kosmosg_xl` architecture of microsoft/unilm `kosmos-g/` (official
+`kosmos-g/unilm/models/kosmosg.py:611-622`). A checkpoint's config is detected from its tensor shapes
+(`detect_config`), never from a file name. Shapes
 cannot say everything: head counts, the MLLM's maximum length and the dropouts (`UNSHAPED_FIELDS`) are stored in the
 pack's file, or given by the caller, or assumed (heads: one per 64 channels, the official head width).
 """

@@ -1,6 +1,6 @@
 """The image connector (resampler) between the ViT and the MLLM.
 
-Follows `kosmos-g/unilm/models/connector.py` (XConnector, reference/kosmos_g.md §4.2): ViT tokens are projected
+Follows `kosmos-g/unilm/models/connector.py` (XConnector, lines 56-83): ViT tokens are projected
 1024 -> 2048 by `dense`, then 64 learned latent queries attend once (fairseq multi-head attention, 32 heads) over the
 projected tokens concatenated with the queries themselves. No residual, no LayerNorm, no FFN.
 """

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DTYPES_BY_NAME, CheckpointError, save_checkpoint
+from .checkpoint import CheckpointError, save_checkpoint
 from .config import KosmosGConfig, detect_config
+from .dtypes import DTYPES
 from .kosmos2_checkpoint import kosmos2_tokenizer_bytes, read_kosmos2_state_dict
 from .model import KosmosG
 from .official_checkpoint import ConversionError, map_official_state_dict, read_official_checkpoint, resolve_heads
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DTYPES", "convert_kosmos2", "convert_official", "main", "validate_state_dict"]
 
-DTYPES: dict[str, torch.dtype] = DTYPES_BY_NAME
 
 
 def _describe(config: KosmosGConfig) -> str:

@@ -1,7 +1,7 @@
 """Reading a Hugging Face Kosmos-2 folder as an MLLM-only KOSMOS-G state dict (the practical stage-1 start).
 
 Kosmos-2 (`microsoft/kosmos-2-patch14-224`) shares KOSMOS-G's MLLM, vision tower, resampler and tokenizer
-(reference §7). Its `model.safetensors` (one file or shards listed in `model.safetensors.index.json`) is renamed to the
+(transformers' `convert_kosmos2_original_pytorch_checkpoint_to_pytorch.py`). Its `model.safetensors` (one file or shards listed in `model.safetensors.index.json`) is renamed to the
 official fairseq names the pack uses; its vocabulary of 65037 rows (KOSMOS-G's 64007 + 1030 grounding tokens) is cut
 to the first 64007 rows. There is no AlignerNet: stages 2 and 3 train it.
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .official_checkpoint import EMBED_KEY, ConversionError
+from .safetensors_file import SafetensorsFormatError, read_header, read_tensor_bytes
 from .tokenizer import TokenizerError, dict_from_sentencepiece
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ __all__ = ["hf_to_official_key", "kosmos2_tokenizer_bytes", "read_kosmos2_state_
 KOSMOS_G_VOCAB = 64007  # fairseq dictionary of KOSMOS-G; Kosmos-2 appends its grounding tokens after it
 HF_TIED_OUTPUT_KEY = "text_model.lm_head.weight"
 
-# Prefix renames, HF -> official (reference §7, the HF converter's table read backwards).
+# Prefix renames, HF -> official (the HF converter's table read backwards).
 _PREFIXES = (
     ("text_model.model.", "gpt_model.decoder."),
     ("image_to_text_projection.", "img_connector."),
@@ -88,64 +89,33 @@ def _weight_files(folder: Path) -> dict[str, Path]:
     )
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
-
-
 class _SafetensorsReader:
-    """Reads tensors of a .safetensors file with plain reads, one at a time.
-
-    Not mmap/safe_open: the pages of a memory-mapped file count in the process's resident memory until the file is
-    closed, so converting a 6.66 GB fp32 file would hold the whole source besides the output."""
+    """Reads tensors of a .safetensors file with plain reads, one at a time (safetensors_file: not mmap, whose pages
+    would count in resident memory, so converting a 6.66 GB fp32 file would hold the whole source besides the
+    output)."""
 
     def __init__(self, path: Path):
         self.path = path
-        size = path.stat().st_size
-        self._file = open(path, "rb")  # closed by close() or the context manager
         try:
-            head = self._file.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n < 2 or 8 + n > size:
-                raise ConversionError(f"{path}: not a .safetensors file (or truncated): bad header length")
-            header = json.loads(self._file.read(n))
-            header.pop("__metadata__", None)
-            self._start = 8 + n
-            self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int]] = {}
-            for key, info in header.items():
-                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-                begin, end = info["data_offsets"]
-                if self._start + end > size:
-                    raise ConversionError(f"{path} is truncated: tensor '{key}' ends past the end of the file")
-                self._entries[key] = (dtype, tuple(info["shape"]), begin)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            self.close()
-            if isinstance(e, ConversionError):
-                raise
-            raise ConversionError(f"{path}: not a readable .safetensors header ({type(e).__name__}: {e})") from None
+            self._entries = read_header(path)[0]
+        except SafetensorsFormatError as e:
+            raise ConversionError(str(e)) from None
+        self._file = open(path, "rb")  # closed by close() or the context manager
 
     def keys(self) -> list[str]:
         return list(self._entries)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self._entries[key][1]
+        return self._entries[key].shape
 
     def read(self, key: str, rows: int | None = None) -> torch.Tensor:
         """The tensor `key`, or only its first `rows` rows (row-major, so they are the first bytes)."""
-        dtype, shape, begin = self._entries[key]
-        if rows is not None:
-            shape = (min(rows, shape[0]), *shape[1:])
-        tensor = torch.empty(shape, dtype=dtype)
-        buf = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-        self._file.seek(self._start + begin)
-        filled = 0
-        while filled < len(buf):
-            n = self._file.readinto(buf[filled:])
-            if not n:
-                raise ConversionError(f"{self.path}: unexpected end of file while reading '{key}'")
-            filled += n
-        return tensor
+        entry = self._entries[key]
+        shape = entry.shape if rows is None else (min(rows, entry.shape[0]), *entry.shape[1:])
+        try:
+            return read_tensor_bytes(self._file, entry.start, torch.empty(shape, dtype=entry.dtype))
+        except SafetensorsFormatError as e:
+            raise ConversionError(f"{e} ('{key}')") from None
 
     def close(self) -> None:
         self._file.close()

@@ -1,6 +1,6 @@
 """The multimodal LLM of KOSMOS-G: a causal Sub-LN transformer over text tokens and image embeddings.
 
-Follows `kosmos-g/unilm/models/gpt.py` (LMDecoder) on the bundled torchscale Decoder (reference/kosmos_g.md §3):
+Follows `kosmos-g/unilm/models/gpt.py` (LMDecoder) on the bundled torchscale Decoder (sizes: `kosmos-g/unilm/models/kosmosg.py:611-622`):
 image embeddings are written into their token slots *before* the sqrt(dim) embedding scale, fairseq sinusoidal
 positions (pad-aware, first token at position 2) are added, then pre-LN + Sub-LN layers with exact GELU, plain causal
 attention (no padding mask: with right padding causality already hides later pads), a final LayerNorm, and an output

@@ -46,7 +46,7 @@ __all__ = [
     "safe_torch_load",
 ]
 
-# The prefixes of every tensor the pack keeps (official fairseq module names, reference §1.3-1.4).
+# The prefixes of every tensor the pack keeps (official fairseq module names, the module tree of official `kosmos-g/unilm/models/kosmosg.py:167-194`).
 PACK_PREFIXES = ("gpt_model.decoder.", "img_model.visual.", "img_connector.", "aligner.")
 EMBED_KEY = "gpt_model.decoder.embed_tokens.weight"
 TIED_OUTPUT_KEY = "gpt_model.decoder.output_projection.weight"

@@ -228,6 +228,19 @@ def prompt_tokens(
     return ids, slots
 
 
+def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, image-slot mask) per sample -> tokens (B, T) right-padded with `pad_id`, image_mask (B, T) bool.
+
+    The one padding rule of the pack: the encoder's batches and the trainer's share it."""
+    length = max(len(ids) for ids, _ in rows)
+    tokens = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    image_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for row, (ids, slots) in enumerate(rows):
+        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        image_mask[row, : len(slots)] = torch.tensor(slots, dtype=torch.bool)
+    return tokens, image_mask
+
+
 @dataclass
 class PromptBatch:
     """Model input for a batch of prompts.
@@ -300,12 +313,7 @@ def collate(
     rows = [prompt_tokens(p, tokenizer, image_tokens) for p in prompt_list]
     if max_length is not None:
         _check_rows([ids for ids, _ in rows], prompt_list, max_length, image_tokens, "prompt")
-    length = max(len(ids) for ids, _ in rows)
-    tokens = torch.full((len(rows), length), tokenizer.PAD, dtype=torch.long)
-    image_mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for row, (ids, slots) in enumerate(rows):
-        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        image_mask[row, : len(slots)] = torch.tensor(slots, dtype=torch.bool)
+    tokens, image_mask = pad_rows(rows, tokenizer.PAD)
     images = [image for p in prompt_list for image in p.images]
     if images:
         pixels = torch.stack([image.pixels(image_size) for image in images])

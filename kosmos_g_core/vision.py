@@ -1,7 +1,6 @@
 """CLIP ViT-L/14 image encoder as KOSMOS-G uses it.
 
-Follows `kosmos-g/unilm/models/vl/clip.py` (VisualTransformer4Seq2Seq) on open_clip's ViT (reference/kosmos_g.md
-§4.1): QuickGELU, pre-LN residual blocks, `ln_post` applied to all 257 tokens (class token and patches), then each
+Follows `kosmos-g/unilm/models/vl/clip.py:45-64` (VisualTransformer4Seq2Seq) on open_clip's ViT: QuickGELU, pre-LN residual blocks, `ln_post` applied to all 257 tokens (class token and patches), then each
 token L2-normalised; no output projection. Attention weights are torchscale's (`ts_attn`), no Sub-LN.
 """
 

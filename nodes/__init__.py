@@ -2,8 +2,8 @@
 
 Two kinds of module live here, and the split is deliberate:
 
-* plain modules that never import ComfyUI (`model_folder`, `prompt_inputs`, `conditioning_ops`, `load_errors`):
-  the validation, prompt-building, batch and conditioning rules the nodes apply, testable without a ComfyUI
+* plain modules that never import ComfyUI (`model_folder`, `prompt_inputs`, `layout_inputs`, `conditioning_ops`,
+  `load_errors`): the validation, prompt-building, layout, batch and conditioning rules the nodes apply, testable without a ComfyUI
   checkout;
 * node modules that import `comfy_api` / `comfy` (`comfy_types`, `kosmos_g_model`, `*_nodes`, `extension`):
   imported only when ComfyUI loads the pack through the root `__init__.py`.

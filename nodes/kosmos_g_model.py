@@ -94,7 +94,7 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
     try:
         config, _ = read_header(path)
     except CheckpointError as e:
-        raise CheckpointError(not_kosmos_message(str(e), folders)) from None
+        raise CheckpointError(not_kosmos_message(e, folders)) from None
     if config.aligner is None:
         raise CheckpointError(mllm_only_message(path))
     report(1, steps)
@@ -108,7 +108,7 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
     try:
         model = load_checkpoint(path, dtype=dtype, device=offload_device, ops=EagerOps)
     except CheckpointError as e:
-        raise CheckpointError(not_kosmos_message(str(e), folders)) from None
+        raise CheckpointError(not_kosmos_message(e, folders)) from None
     # On a GPU the maths runs in the weights' dtype, as the official fp16 inference. A CPU keeps half-precision
     # weights (ComfyUI's text-encoder policy) but computes in fp32, as ComfyUI does for CLIP: CPU half-precision
     # kernels are slow and less accurate.

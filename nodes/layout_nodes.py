@@ -1,8 +1,9 @@
 """Prompt-to-layout nodes (imports ComfyUI): plan a segmentation layout from a prompt, feed it to a stock ControlNet
 segmentation model, cut entity masks for regional conditioning, convert palettes both ways, score layouts.
 
-The logic lives in kosmos_g_core.layout (plain PyTorch/numpy, tested without ComfyUI); these classes only adapt
-types. `LAYOUT_NODES` is what the pack's extension registers.
+The math lives in kosmos_g_core.layout and what the nodes do with their inputs in nodes/layout_inputs.py (both tested
+without ComfyUI); these classes only adapt types. `LAYOUT_NODES` is what the pack's extension registers; the
+`models/kosmos_g_layout/` folder is registered with the pack's other folder (nodes/model_folder.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..kosmos_g_core.layout.learned import LayoutCheckpointError, load_layout_model
-from ..kosmos_g_core.layout.node_ops import (
+from ..kosmos_g_core.layout.palettes import PALETTE_NAMES
+from .layout_inputs import (
     LayoutNodeError,
     entity_mask,
     layout_from_image,
@@ -22,25 +24,14 @@ from ..kosmos_g_core.layout.node_ops import (
     plan_layout,
     render_image,
 )
-from ..kosmos_g_core.layout.palettes import PALETTE_NAMES
+from .model_folder import LAYOUT_FOLDER
 
 log = logging.getLogger(__name__)
 
-LAYOUT_FOLDER = "kosmos_g_layout"
 CATEGORY_LAYOUT = "kosmos_g/layout"
 LayoutType = io.Custom("KOSMOS_G_LAYOUT")
 LayoutModelType = io.Custom("KOSMOS_G_LAYOUT_MODEL")
 SegmenterType = io.Custom("KOSMOS_G_SEGMENTER")
-
-
-def _register_folder() -> None:
-    """models/kosmos_g_layout/ for trained layout models (merged with extra_model_paths.yaml entries)."""
-    folder_paths.add_model_folder_path(LAYOUT_FOLDER, os.path.join(folder_paths.models_dir, LAYOUT_FOLDER))
-    paths, exts = folder_paths.folder_names_and_paths[LAYOUT_FOLDER]
-    folder_paths.folder_names_and_paths[LAYOUT_FOLDER] = (paths, set(exts) | {".safetensors"})
-
-
-_register_folder()
 
 _PALETTE_TOOLTIP = (
     "coco_panoptic_133: the COCO protocol of control_v11p_sd15_seg (OneFormer-COCO colours; best for these nouns). "

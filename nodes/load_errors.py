@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from ..kosmos_g_core.checkpoint import CheckpointError, StableDiffusionFileError, UNetWeightsFileError
 from .model_folder import FOLDER_NAME, searched_folders_text
 
 # The pack's folder (custom_nodes/<whatever it was cloned as>/) and its converter script, which runs from any folder:
@@ -66,18 +67,18 @@ def missing_file_message(name: str, folders: Sequence[str], available: Sequence[
     return " ".join(parts)
 
 
-def not_kosmos_message(core_message: str, folders: Sequence[str]) -> str:
-    """A file in `models/kosmos_g/` that the core refused (CheckpointError text), plus which folder it belongs in."""
-    lowered = core_message.lower()
-    if "stable diffusion checkpoint" in lowered:
+def not_kosmos_message(error: CheckpointError, folders: Sequence[str]) -> str:
+    """A file in `models/kosmos_g/` that the core refused, plus which folder it belongs in (told by the error's
+    type)."""
+    if isinstance(error, StableDiffusionFileError):
         where = ("Move it to models/checkpoints/ and load it with Load Checkpoint (it gives the MODEL and VAE that "
                  "KOSMOS-G conditioning drives).")
-    elif "lora" in lowered or "controlnet" in lowered or "u-net" in lowered:
+    elif isinstance(error, UNetWeightsFileError):
         where = "Move it to models/loras/ or models/controlnet/ as appropriate."
     else:
         where = _HOW_TO_GET
     return (
-        f"{core_message} {where} models/{FOLDER_NAME}/ is for KOSMOS-G files only "
+        f"{error} {where} models/{FOLDER_NAME}/ is for KOSMOS-G files only "
         f"(searched: {searched_folders_text(list(folders))})."
     )
 

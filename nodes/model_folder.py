@@ -1,4 +1,4 @@
-"""The `models/kosmos_g/` folder: registration with ComfyUI's `folder_paths`, and where-to-look text for errors.
+"""The pack's model folders (`models/kosmos_g/`, `models/kosmos_g_layout/`): registration with ComfyUI's `folder_paths`, and where-to-look text for errors.
 
 Registration follows `folder_paths.add_model_folder_path` semantics on purpose: ComfyUI reads
 `extra_model_paths.yaml` before it imports custom nodes, so a `kosmos_g:` key there has already created the entry
@@ -15,28 +15,37 @@ from types import ModuleType
 FOLDER_NAME = "kosmos_g"
 # The pack's checkpoints are single safetensors files; `.sft` is the short spelling ComfyUI also accepts.
 EXTENSIONS = frozenset({".safetensors", ".sft"})
+# Trained text-to-layout models (the layout stage's export), read by the Load Layout Model node.
+LAYOUT_FOLDER = "kosmos_g_layout"
+LAYOUT_EXTENSIONS = frozenset({".safetensors"})
 # What the official KOSMOS-G files are (fairseq torch.save pickles): never listed, but named in errors, since a user
 # who dropped checkpoint_final.pt here otherwise sees an empty dropdown and no reason.
 UNCONVERTED_EXTENSIONS = (".pt", ".pth")
 
 
-def default_folder(folder_paths: ModuleType) -> str:
-    """`<ComfyUI>/models/kosmos_g` (honours `--base-directory` / `--models-directory`)."""
-    return os.path.join(folder_paths.models_dir, FOLDER_NAME)
+def default_folder(folder_paths: ModuleType, name: str = FOLDER_NAME) -> str:
+    """`<ComfyUI>/models/<name>` (honours `--base-directory` / `--models-directory`)."""
+    return os.path.join(folder_paths.models_dir, name)
 
 
-def register_model_folder(folder_paths: ModuleType) -> None:
-    """Add `models/kosmos_g` to the `kosmos_g` folder type, keeping paths that extra_model_paths.yaml put there.
+def register_model_folder(folder_paths: ModuleType, name: str = FOLDER_NAME,
+                          extensions: frozenset[str] = EXTENSIONS) -> None:
+    """Add `models/<name>` to the `<name>` folder type, keeping paths that extra_model_paths.yaml put there.
 
     Folders from the yaml come first (the user chose them), the default folder last; the extension set becomes
-    `.safetensors`/`.sft` plus whatever a previous registration allowed.
+    `extensions` plus whatever a previous registration allowed.
     """
-    folder_paths.add_model_folder_path(FOLDER_NAME, default_folder(folder_paths))
-    paths, extensions = folder_paths.folder_names_and_paths[FOLDER_NAME]
+    folder_paths.add_model_folder_path(name, default_folder(folder_paths, name))
+    paths, allowed = folder_paths.folder_names_and_paths[name]
     # An entry created by the yaml has an empty set (= every file); narrow it to model files so the dropdown does not
     # list README.txt and friends. A non-empty set from elsewhere is widened, never narrowed.
-    merged = set(extensions) | set(EXTENSIONS)
-    folder_paths.folder_names_and_paths[FOLDER_NAME] = (paths, merged)
+    folder_paths.folder_names_and_paths[name] = (paths, set(allowed) | set(extensions))
+
+
+def register_model_folders(folder_paths: ModuleType) -> None:
+    """Every folder of the pack: KOSMOS-G checkpoints and layout models."""
+    register_model_folder(folder_paths)
+    register_model_folder(folder_paths, LAYOUT_FOLDER, LAYOUT_EXTENSIONS)
 
 
 def searched_folders_text(folders: list[str]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..kosmos_g_core.dtypes import DTYPES
+
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
-_FIXED = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def dtype_from_choice(choice: str, auto_dtype: torch.dtype) -> torch.dtype:
@@ -16,6 +17,6 @@ def dtype_from_choice(choice: str, auto_dtype: torch.dtype) -> torch.dtype:
         if auto_dtype in (torch.float16, torch.bfloat16, torch.float32):
             return auto_dtype
         return torch.float16
-    if choice not in _FIXED:
+    if choice not in DTYPES:
         raise ValueError(f"unknown dtype {choice!r}; expected one of {', '.join(DTYPE_CHOICES)}")
-    return _FIXED[choice]
+    return DTYPES[choice]

@@ -128,6 +128,13 @@ def wrap_fsdp(module: nn.Module, shard_units: Iterable[nn.Module], forward_metho
     return module
 
 
+def is_fsdp(module: nn.Module) -> bool:
+    """True for a module `wrap_fsdp` sharded (its registered forward methods gather parameters)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The stage module under a DDP wrapper (FSDP2 shards in place, so it is its own module)."""
     return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from kosmos_g_core.dtypes import DTYPES
 from training.cli import setup_logging
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _device(name: str) -> str:
@@ -38,7 +38,7 @@ def _load_generator(args):
 
     from .evaluation.sampler import DiffusionSampler
 
-    device, dtype = _device(args.device), _DTYPES[args.dtype]
+    device, dtype = _device(args.device), DTYPES[args.dtype]
     if not args.checkpoint or not args.sd15:
         raise SystemExit("generation needs --checkpoint (KOSMOS-G pack .safetensors) and --sd15 (diffusers SD1.5 folder)")
     model = load_checkpoint(args.checkpoint, dtype=dtype, device=device).eval()
@@ -130,7 +130,7 @@ def cmd_coco_fid(args) -> dict:
 
 
 def cmd_layout(args) -> dict:
-    from .eval_layout import main as layout_main
+    from .evaluation.layout import main as layout_main
     from .evaluation.report import bar_chart, markdown_table, write_json
 
     out = Path(args.out)
@@ -169,7 +169,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .eval_layout import add_arguments as add_layout_arguments
+    from .evaluation.layout import add_arguments as add_layout_arguments
 
     summary, _, examples = __doc__.partition("\n\n")
     parser = argparse.ArgumentParser(prog="python -m training.eval", description=summary, epilog=examples,
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resolution", type=int, default=512, help="generated image side in pixels")
         p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
         p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-        p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES), help="dtype of the generator")
+        p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of the generator")
         p.add_argument("--score-only", action="store_true", help="score the images already in --out")
 
     db = sub.add_parser("dreambench", help="DreamBench DINO / CLIP-I / CLIP-T (KOSMOS-G single-image protocol)",
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inception: inception-2015-12-05.pt TorchScript file; clip: a CLIPModel folder")
     cf.set_defaults(func=cmd_coco_fid)
 
-    lay = sub.add_parser("layout", help="layout metrics of the text-to-layout planners (training.eval_layout)",
+    lay = sub.add_parser("layout", help="layout metrics of the text-to-layout planners (training.evaluation.layout)",
                          description="mIoU, count and relation accuracy of the rule-based and learned layout "
                                      "planners (docs/layout.md).", formatter_class=_HelpFormatter)
     lay.add_argument("--out", required=True, help="output folder")

@@ -1,4 +1,4 @@
-"""AdamW and the warmup-then-linear-decay schedule of the official recipe (reference §6.4).
+"""AdamW and the warmup-then-linear-decay schedule of the official recipe (official `kosmos-g/runalign.sh`, `kosmos-g/runtrain.sh`: Adam betas 0.9/0.98, eps 1e-6, wd 0.01, clip-norm 2.0, warmup 375, polynomial decay).
 
 fairseq's Adam with decoupled weight decay applied to every trainable tensor = torch AdamW with the same
 hyper-parameters: betas (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 1e-3, 375 warmup steps, then polynomial decay of

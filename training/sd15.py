@@ -11,12 +11,11 @@ Two layouts are accepted for `[sd15] path`:
   `bpe_simple_vocab_16e6.txt.gz`.
 
 Nothing here touches a model hub: every `from_pretrained` call is given a local folder and local_files_only=True.
-`python -m training.sd15 --write-tiny DIR` writes a tiny random SD1.5-like diffusers folder for smoke runs.
+Tiny random SD1.5-like folders for tests and smoke runs are written by training/tiny_assets.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import logging
@@ -27,8 +26,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from training.cli import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +119,7 @@ def _require(path: Path, what: str) -> Path:
 
 
 # -- CLIP tokenizer --------------------------------------------------------------------------------------------------
-def _bytes_to_unicode() -> list[str]:
+def bytes_to_unicode() -> list[str]:
     """The byte -> printable-character table of GPT-2/CLIP byte-level BPE, in byte order of the vocabulary."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -143,7 +140,7 @@ def clip_vocab_from_bpe_gz(gz_path: Path, out_dir: Path) -> Path:
     one token per merge, then <|startoftext|> and <|endoftext|> (49408 entries)."""
     lines = gzip.open(gz_path, "rt", encoding="utf-8").read().split("\n")
     merges = [m for m in lines[1:49152 - 256 - 2 + 1] if m.strip()]
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,66 +265,3 @@ def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, tex
         parts.vae = _freeze(AutoencoderKL.from_single_file(full, original_config=SD15_ORIGINAL_CONFIG,
                                                            local_files_only=True), dtype, device)
     return parts
-
-
-# -- tiny random SD1.5-like folder (tests, smoke runs) --------------------------------------------------------------
-def write_tiny_clip_tokenizer(folder: Path, words: tuple[str, ...] = ("a", "the", "photo", "of", "dog", "cat")) -> Path:
-    """A byte-level CLIP BPE vocabulary: every byte char, its `</w>` form, whole-word merges for `words`."""
-    chars = _bytes_to_unicode()
-    vocab = chars + [c + "</w>" for c in chars]
-    merges = []
-    for w in words:
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(pieces) > 1:  # merge left to right: "d o", "do g</w>"
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-            if pieces[0] not in vocab:
-                vocab.append(pieces[0])
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    return folder
-
-
-def write_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
-    """Tiny random SD1.5-shaped diffusers folder: U-Net with cross_attention_dim 768 (the AlignerNet output size),
-    a 2x-downsampling VAE with 4 latent channels, a 1-layer hidden-768 CLIP text encoder and its tokenizer."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=8,
-    ).save_pretrained(folder / "unet")
-    AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=16,
-    ).save_pretrained(folder / "vae")
-    DDPMScheduler.from_config(SD15_SCHEDULER).save_pretrained(folder / "scheduler")
-    tok_dir = write_tiny_clip_tokenizer(folder / "tokenizer")
-    vocab_size = len(json.loads((tok_dir / "vocab.json").read_text()))
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=768, intermediate_size=128, num_hidden_layers=1, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=1,
-    )).save_pretrained(folder / "text_encoder")
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    return folder
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.sd15", description="SD1.5 helper files for the KOSMOS-G trainer")
-    parser.add_argument("--write-tiny", metavar="DIR", required=True,
-                        help="write a tiny random SD1.5-like diffusers folder (for smoke runs of stages 2 and 3)")
-    args = parser.parse_args()
-    setup_logging()
-    log.info("wrote %s", write_tiny_sd15(args.write_tiny))
-
-
-if __name__ == "__main__":
-    main()

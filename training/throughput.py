@@ -78,15 +78,8 @@ def with_synthetic_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
 
 
 def _set_recompute(trainer: Trainer, enabled: bool) -> None:
-    module = distributed.unwrap(trainer.model)
-    if hasattr(module, "kosmos") and hasattr(module.kosmos, "set_gradient_checkpointing"):
-        module.kosmos.set_gradient_checkpointing(enabled and trainer.cfg.model.activation_checkpointing)
-    unet = getattr(module, "frozen", {}).get("unet")
-    if unet is not None:
-        if enabled and trainer.cfg.model.activation_checkpointing and trainer.cfg.sd15.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        else:
-            unet.disable_gradient_checkpointing()
+    cfg = trainer.cfg
+    trainer.stage.set_activation_checkpointing(trainer.model, cfg, enabled and cfg.model.activation_checkpointing)
 
 
 def _sync(device: torch.device) -> None:

@@ -1,6 +1,8 @@
-"""Everything the tiny configs (training/configs/tiny/*.toml) need, written locally in seconds:
+"""Tiny stand-ins written locally in seconds: a random SD1.5-like diffusers folder, word-level CLIP tokenizers, a
+random KOSMOS-G init, and everything the tiny configs (training/configs/tiny/*.toml) need:
 
     python -m training.tiny_assets runs/tiny-assets
+    python -m training.tiny_assets --sd15-only runs/tiny-sd15     # just the SD1.5-like folder
 
 writes `sd15/` (a tiny random SD1.5-like diffusers folder), `shards/<kind>/` (synthetic webdataset shards of every
 kind) and `kosmos_tokenizer/` (a copy of the KOSMOS-G tokenizer files; default: the official ones shipped in
@@ -14,17 +16,126 @@ kind) and `kosmos_tokenizer/` (a copy of the KOSMOS-G tokenizer files; default: 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
+import string
+from collections.abc import Iterable
 from pathlib import Path
+
+import torch
 
 from training.cli import setup_logging
 
-from .sd15 import write_tiny_sd15
+from .sd15 import SD15_SCHEDULER, bytes_to_unicode
 
 log = logging.getLogger(__name__)
 
 SHARD_KINDS = ("text", "captions", "interleaved", "editing", "compositional")
+TINY_WORDS = ("a", "the", "photo", "of", "dog", "cat")
+
+# -- word-level CLIP BPE tokenizers ---------------------------------------------------------------------------------
+# The folders load exactly like SD1.5's (`CLIPTokenizer.from_pretrained(folder)`): real `vocab.json` + `merges.txt`.
+# Each vocabulary word gets a chain of merges that assembles it from its characters ("b e" -> "be", "be a" -> "bea",
+# ..., the last char carrying CLIP's end-of-word marker "</w>"), so every listed word is one token and anything else
+# falls back to single characters.
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+END_OF_WORD = "</w>"
+TOY_ALPHABET = string.ascii_lowercase + string.digits + ",.'-"
+
+
+def _word_symbols(word: str) -> list[str]:
+    return [*word[:-1], word[-1] + END_OF_WORD]
+
+
+def write_clip_tokenizer(words: Iterable[str], out_dir: str | Path, max_length: int = 77,
+                         alphabet: Iterable[str] = TOY_ALPHABET) -> Path:
+    """Write a CLIPTokenizer folder whose vocabulary holds `words` as single tokens. Returns `out_dir`.
+
+    `alphabet`: the single characters (each also in its end-of-word form) anything else is spelled with; characters
+    outside it become the unknown token. The toy world's closed vocabulary needs only lowercase letters, digits and
+    a little punctuation; the tiny SD1.5 folder takes CLIP's full byte-level alphabet."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+
+    def add(token: str) -> None:
+        if token not in vocab:
+            vocab[token] = len(vocab)
+
+    for ch in alphabet:
+        add(ch)
+        add(ch + END_OF_WORD)
+    merges: list[str] = []
+    seen_merges: set[str] = set()
+    for word in sorted({w.lower() for w in words if w}):
+        symbols = _word_symbols(word)
+        current = symbols[0]
+        for nxt in symbols[1:]:
+            merge = f"{current} {nxt}"
+            current = current + nxt
+            if merge not in seen_merges:
+                seen_merges.add(merge)
+                merges.append(merge)
+            add(current)
+    add(BOS)
+    add(EOS)
+    (out / "vocab.json").write_text(json.dumps(vocab, indent=0), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_length,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "do_lower_case": True,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2),
+        encoding="utf-8",
+    )
+    return out
+
+
+def write_tiny_clip_tokenizer(folder: Path, words: tuple[str, ...] = TINY_WORDS) -> Path:
+    """The tiny SD1.5 folder's tokenizer: CLIP's byte-level alphabet plus whole-word tokens for `words`."""
+    return write_clip_tokenizer(words, folder, alphabet=bytes_to_unicode())
+
+
+# -- tiny random SD1.5-like folder (tests, smoke runs) --------------------------------------------------------------
+def write_tiny_sd15(folder: str | Path, seed: int = 0) -> Path:
+    """Tiny random SD1.5-shaped diffusers folder: U-Net with cross_attention_dim 768 (the AlignerNet output size),
+    a 2x-downsampling VAE with 4 latent channels, a 1-layer hidden-768 CLIP text encoder and its tokenizer."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=8,
+    ).save_pretrained(folder / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=16,
+    ).save_pretrained(folder / "vae")
+    DDPMScheduler.from_config(SD15_SCHEDULER).save_pretrained(folder / "scheduler")
+    tok_dir = write_tiny_clip_tokenizer(folder / "tokenizer")
+    vocab_size = len(json.loads((tok_dir / "vocab.json").read_text()))
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=768, intermediate_size=128, num_hidden_layers=1, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=1,
+    )).save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return folder
+
+
 
 
 def write_tiny_assets(out_dir: str | Path, kosmos_tokenizer: str | Path | None = None, samples: int = 16) -> Path:
@@ -52,12 +163,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m training.tiny_assets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", nargs="?", default="runs/tiny-assets", help="output folder (default runs/tiny-assets)")
+    parser.add_argument("--sd15-only", action="store_true",
+                        help="write only the tiny random SD1.5-like diffusers folder, into out_dir itself")
     parser.add_argument("--kosmos-tokenizer", default=str(BUNDLED_DIR),
                         help="folder with sentencepiece.bpe.model + dict.txt (default: the official files shipped in "
                              "kosmos_g_core/assets/kosmos_tokenizer/)")
     args = parser.parse_args()
     setup_logging()
-    log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer))
+    if args.sd15_only:
+        log.info("wrote %s", write_tiny_sd15(args.out_dir))
+    else:
+        log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer))
 
 
 if __name__ == "__main__":
@@ -66,8 +182,6 @@ if __name__ == "__main__":
 
 def write_tiny_init(path: str | Path, kosmos_tokenizer: str | Path, seed: int = 0) -> Path:
     """A random tiny-preset KOSMOS-G in the pack format (a stand-in for a Kosmos-2 conversion in smoke runs)."""
-    import torch
-
     from kosmos_g_core.checkpoint import save_checkpoint
     from kosmos_g_core.config import KosmosGConfig
     from kosmos_g_core.model import KosmosG

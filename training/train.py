@@ -29,11 +29,18 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.tensor import DTensor
+
+if TYPE_CHECKING:
+    from .stages import Stage
+
+from kosmos_g_core.dtypes import dtype_from_name
 
 from . import distributed
 from .checkpoint import CheckpointManager
@@ -46,7 +53,12 @@ from .train_config import TrainConfig, load_config, save_resolved
 
 log = logging.getLogger(__name__)
 
-_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """`[parallel] precision` -> the autocast dtype (None for fp32: no autocast)."""
+    dtype = dtype_from_name(precision, "parallel.precision")
+    return None if dtype == torch.float32 else dtype
+
 
 
 @dataclass
@@ -67,30 +79,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_stage(name: str):
-    from .stages import STAGES
+def build_stage(name: str) -> Stage:
+    from .stages import STAGES  # the stages import diffusers & co.: not needed for --help
 
     if name not in STAGES:
         raise ValueError(f"stage = {name!r}: unknown; registered stages are {sorted(STAGES)}")
     return STAGES[name]()
 
 
-def _wrap(stage, model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+def _wrap(stage: Stage, model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
     strategy = cfg.parallel.strategy
     if strategy == "fsdp":
-        units = stage.shard_units(model) if hasattr(stage, "shard_units") else []
-        mp = _PRECISIONS[cfg.parallel.precision] if cfg.parallel.precision == "bf16" else None
-        return distributed.wrap_fsdp(model, units, getattr(stage, "fsdp_forward_methods", ()), mixed_precision=mp)
+        mp = torch.bfloat16 if cfg.parallel.precision == "bf16" else None
+        return distributed.wrap_fsdp(model, stage.shard_units(model), stage.fsdp_forward_methods, mixed_precision=mp)
     if strategy == "ddp":
-        return distributed.wrap_ddp(model, info, getattr(stage, "find_unused_parameters", True))
+        return distributed.wrap_ddp(model, info, stage.find_unused_parameters)
     raise ValueError(f"parallel.strategy = {strategy!r}: expected 'ddp' or 'fsdp'")
-
-
-def _count(stage, batch: dict) -> tuple[int, int]:
-    if hasattr(stage, "count"):
-        return stage.count(batch)
-    first = next((v for v in batch.values() if torch.is_tensor(v)), None)
-    return (int(first.shape[0]) if first is not None else 0), 0
 
 
 def _grad_norm(params: list[nn.Parameter], clip: float) -> float:
@@ -98,7 +102,7 @@ def _grad_norm(params: list[nn.Parameter], clip: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
+    if isinstance(norm, DTensor):  # FSDP2
         norm = norm.full_tensor()
     return float(norm)
 
@@ -109,7 +113,7 @@ def replica_checksums(model: nn.Module) -> list[float]:
     for _name, p in sorted(unwrap(model).named_parameters(), key=lambda kv: kv[0]):
         if p.requires_grad:
             t = p.detach()
-            t = t.full_tensor() if hasattr(t, "full_tensor") else t
+            t = t.full_tensor() if isinstance(t, DTensor) else t
             t = t.double()
             out += [float(t.sum()), float((t * t).sum())]
     return out
@@ -130,8 +134,7 @@ class Trainer:
     """One training run: builds everything in __init__, `step()` runs one optimiser step, `run()` the loop."""
 
     def __init__(self, cfg: TrainConfig):
-        if cfg.parallel.precision not in _PRECISIONS:
-            raise ValueError(f"parallel.precision = {cfg.parallel.precision!r}: expected one of {sorted(_PRECISIONS)}")
+        self.amp_dtype = autocast_dtype(cfg.parallel.precision)
         self.cfg = cfg
         self.stage = build_stage(cfg.stage)
         self.stage.check_config(cfg)  # the stage's own tables, before anything is built
@@ -141,23 +144,22 @@ class Trainer:
             save_resolved(cfg, self.out_dir)
         seed_everything(cfg.run.seed)  # identical on every rank: the model starts identical everywhere
         model = self.stage.build_model(cfg, info.device)
-        if cfg.model.activation_checkpointing and hasattr(self.stage, "enable_activation_checkpointing"):
-            self.stage.enable_activation_checkpointing(model)
+        if cfg.model.activation_checkpointing:
+            self.stage.set_activation_checkpointing(model, cfg, True)
         # FSDP2 replaces parameters by sharded ones, so the optimiser is built on the wrapped model's parameters.
         self.model = _wrap(self.stage, model, cfg, info)
         self.params = [p for p in self.stage.trainable_parameters(self.model) if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.run.max_steps)
-        self.amp_dtype = _PRECISIONS[cfg.parallel.precision]
         self.scaler = torch.amp.GradScaler(info.device.type) if cfg.parallel.precision == "fp16" else None
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.checkpoint.keep, info.rank, info.world_size)
-        self.loader = self.stage.build_dataloader(cfg, info.rank, info.world_size)
+        self.loader = self.stage.build_dataloader(cfg, self.model, info.rank, info.world_size)
         self.step_count = 0
         self.resumed_from = self.ckpt.resolve(cfg.checkpoint.resume)
         if self.resumed_from is not None:
             state = self.ckpt.load(self.resumed_from, self.model, self.optimizer, self.scheduler, self.scaler)
             self.step_count = state["step"]
-            if state["loader"] is not None and hasattr(self.loader, "load_state_dict"):
+            if state["loader"] is not None:
                 self.loader.load_state_dict(state["loader"])
         elif cfg.checkpoint.resume == "latest":
             log.info("checkpoint.resume = latest: no checkpoint in %s yet, starting fresh", self.ckpt.root)
@@ -187,7 +189,7 @@ class Trainer:
         samples = tokens = 0
         for micro in range(cfg.run.grad_accum):
             batch = next(self._batches)
-            n, t = _count(self.stage, batch)
+            n, t = self.stage.count(batch)
             samples, tokens = samples + n, tokens + t
             with distributed.no_sync(self.model, micro < cfg.run.grad_accum - 1)():
                 with self.autocast():
@@ -213,8 +215,7 @@ class Trainer:
         return step_loss, metrics_sum, samples, tokens
 
     def save(self) -> None:
-        loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
-        self.ckpt.save(self.step_count, self.model, self.optimizer, self.scheduler, self.scaler, loader_state,
+        self.ckpt.save(self.step_count, self.model, self.optimizer, self.scheduler, self.scaler, self.loader.state_dict(),
                        {"stage": self.cfg.stage})
 
     def run(self) -> RunResult:
@@ -259,10 +260,9 @@ class Trainer:
                                   "throughput/tokens_per_s": rates["t"] * info.world_size,
                                   "throughput/samples_per_s_per_device": rates["s"]})
                     means.update(memory_metrics(info.device))
-                    if hasattr(self.loader, "stats"):
-                        # Counts, not rates: summed over ranks (every rank reports every reason, zeros included).
-                        counts = {f"data/{r}": float(self.loader.stats.get(r, 0)) for r in SKIP_REASONS}
-                        means.update(all_reduce_sum(counts, info.device))
+                    # Counts, not rates: summed over ranks (every rank reports every reason, zeros included).
+                    counts = {f"data/{r}": float(self.loader.stats.get(r, 0)) for r in SKIP_REASONS}
+                    means.update(all_reduce_sum(counts, info.device))
                     logger.log(step, means)
                     if info.is_main:
                         with open(metrics_file, "a") as f:
@@ -270,7 +270,7 @@ class Trainer:
                     window, window_steps, window_samples, window_tokens = {}, 0, 0, 0
                     window_start = time.perf_counter()
                 if cfg.sample.every and step % cfg.sample.every == 0:
-                    self.stage.sample(self.model, step, logger)
+                    self.stage.sample(self.model, step, logger, cfg)
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                     self.save()
                     last_saved = step
@@ -278,7 +278,7 @@ class Trainer:
                 self.save()
             if self.step_count >= cfg.run.max_steps:
                 export_path = cfg.checkpoint.export_path or str(self.out_dir / "export.safetensors")
-                self.stage.export(self.model, export_path)
+                self.stage.export(self.model, export_path, cfg)
                 result.export_path = export_path
             else:
                 log.info("stopped at step %d of %d (run.stop_after); resume with checkpoint.resume=latest",

@@ -6,7 +6,7 @@ the folder must hold config.json and the weights (and preferably preprocessor_co
 
 Used for (1) layout faithfulness of generated images (metrics: mIoU between the layout the image was generated from
 and the segmentation of the image, in the segmenter's label space), and (2) the segmentation-consistency loss of
-training/semantic_supervision.py. Use a different segmenter for evaluation than for training.
+training/stages/semantic_supervision.py. Use a different segmenter for evaluation than for training.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..local_folders import require_model_folder
 from .labels import COCO_STUFF_CLASSES, IGNORE, NUM_CLASSES, display_name
 from .metrics import ConfusionMatrix
 from .palettes import ADE20K_150, COCO_PANOPTIC_133
@@ -100,10 +101,7 @@ class Segmenter:
                         dtype: torch.dtype = torch.float32) -> Segmenter:
         from transformers import AutoConfig
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"segmenter folder {path} has no config.json (expected a transformers "
-                                    "SegFormer / UperNet / Mask2Former folder saved with save_pretrained)")
+        path = require_model_folder(path, "segmenter folder", "a SegFormer / UperNet / Mask2Former model")
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
         universal = config.model_type in ("mask2former", "oneformer", "maskformer")
         if universal:

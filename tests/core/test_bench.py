@@ -1,9 +1,9 @@
-"""`python -m kosmos_g_core.bench` runs from a fresh clone with no flags but the size: the tokenizer it needs ships
+"""`python -m benchmarks.core` runs from a fresh clone with no flags but the size: the tokenizer it needs ships
 with the core, and a tiny run does not print the official size's memory target as if it were missed."""
 
 from __future__ import annotations
 
-from kosmos_g_core.bench import main
+from benchmarks.core import main
 
 
 def test_tiny_benchmark_runs_with_the_shipped_tokenizer(capsys, tmp_path):

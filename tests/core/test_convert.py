@@ -1,4 +1,4 @@
-"""The official-checkpoint converter: official-format fairseq files written here (the key tree of reference §1.4 at
+"""The official-checkpoint converter: official-format fairseq files written here (the key tree of the official module names at
 tiny dims, fp16 as released, with the extras real files carry) -> the pack's file, through the CLI entry point."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _decoder_layer(out: dict, name: str, d: int, f: int) -> None:  # torchscale 
 
 
 def official_key_tree(cfg: KosmosGConfig) -> dict[str, tuple[int, ...]]:
-    """key -> shape of the tensors the pack keeps, written from reference §1.4 (not from the model)."""
+    """key -> shape of the tensors the pack keeps, written from the official module names (not from the model)."""
     out: dict[str, tuple[int, ...]] = {}
     m, v, c = cfg.mllm, cfg.vision, cfg.connector
     p = "gpt_model.decoder."

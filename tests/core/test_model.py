@@ -34,7 +34,7 @@ def _n_params(model: torch.nn.Module, prefix: str = "") -> int:
 
 
 def test_official_parameter_counts_match_the_reference():
-    # reference/kosmos_g.md §8: exact counts derived from the official shapes.
+    # exact counts derived from the official shapes (the module tree of `kosmos-g/unilm/models/kosmosg.py:167-194`).
     with torch.device("meta"):
         model = KosmosG(KosmosGConfig.official().with_decoder())
     assert _n_params(model, "gpt_model.") == 1_340_180_480

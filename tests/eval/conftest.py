@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from training.toy_world.clip_tokenizer import write_clip_tokenizer
+from training.tiny_assets import write_clip_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from kosmos_g_core.layout.labels import CLASS_ID, IGNORE
 from kosmos_g_core.layout.learned import LayoutCheckpointError, LearnedPlanner, load_layout_model, save_layout_model
 from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, coarse_tokens, instance_boundaries
 from kosmos_g_core.layout.prompt_parser import parse_prompt
-from training.layout_data import (
+from training.data.layout import (
     CocoStuffLayouts,
     LayoutLoader,
     ProceduralLayouts,
@@ -140,7 +140,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_eval_cli_prints_both_planners(tmp_path, capsys):
-    from training.eval_layout import main
+    from training.evaluation.layout import main
 
     torch.manual_seed(0)
     ds = ProceduralLayouts(20, 0, 32)
@@ -157,9 +157,9 @@ def test_eval_cli_prints_both_planners(tmp_path, capsys):
 
 def test_clip_space_stage_with_a_tiny_sd15_text_encoder(tmp_path):
     """`small_clip`-style training: captions encoded by the frozen SD1.5 CLIP text encoder (the space KOSMOS-G's
-    AlignerNet writes), here a tiny random one written by training.sd15.write_tiny_sd15."""
+    AlignerNet writes), here a tiny random one written by training.tiny_assets.write_tiny_sd15."""
     import training
-    from training.sd15 import write_tiny_sd15
+    from training.tiny_assets import write_tiny_sd15
     from training.train import run
     from training.train_config import load_config
 

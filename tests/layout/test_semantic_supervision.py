@@ -7,7 +7,7 @@ import diffusers
 import pytest
 import torch
 
-from training.semantic_supervision import (  # noqa: E402
+from training.stages.semantic_supervision import (  # noqa: E402
     RecordingCrossAttnProcessor,
     SemanticSupervision,
     grounding_loss,

@@ -41,7 +41,7 @@ def load_pack_module(name: str) -> types.ModuleType:
     if PACK_NAME not in sys.modules:
         import kosmos_g_core
 
-        for sub in ("checkpoint", "config", "image", "model", "prompt", "tokenizer"):
+        for sub in ("checkpoint", "config", "image", "layout", "model", "prompt", "tokenizer"):
             importlib.import_module(f"kosmos_g_core.{sub}")
         package = types.ModuleType(PACK_NAME)
         package.__path__ = [str(REPO_ROOT)]  # a namespace for nodes/, never executing the root __init__.py

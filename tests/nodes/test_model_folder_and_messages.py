@@ -62,7 +62,10 @@ def test_loader_messages_say_where_and_what(pack):
     assert "'kosmos.safetensors' not found in models/kosmos_g/" in missing and "/m/kosmos_g" in missing
     assert "'kosmos-g.safetensors'" in missing and "extra_model_paths.yaml" in missing
     assert "The folder is empty" in errors.missing_file_message("x.safetensors", ["/m/kosmos_g"], [])
-    sd = errors.not_kosmos_message("/m/kosmos_g/v1-5.safetensors is a Stable Diffusion checkpoint, not ...", ["/m"])
+    from kosmos_g_core.checkpoint import StableDiffusionFileError
+
+    sd = errors.not_kosmos_message(
+        StableDiffusionFileError("/m/kosmos_g/v1-5.safetensors is a Stable Diffusion checkpoint, not ..."), ["/m"])
     assert "models/checkpoints/" in sd and "Load Checkpoint" in sd
     assert "stage 2" in errors.mllm_only_message("/m/k2.safetensors")
 
@@ -77,7 +80,7 @@ def test_a_real_sd_checkpoint_header_gets_the_folder_advice(pack, tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(path))
     with pytest.raises(CheckpointError) as e:
         read_header(path)
-    message = errors.not_kosmos_message(str(e.value), [str(tmp_path)])
+    message = errors.not_kosmos_message(e.value, [str(tmp_path)])
     assert "Stable Diffusion checkpoint" in message and "models/checkpoints/" in message
 
 

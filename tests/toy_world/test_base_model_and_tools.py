@@ -6,9 +6,9 @@ import pytest
 import tomllib
 import torch
 
+from training.tiny_assets import write_clip_tokenizer
 from training.toy_world import toml_writer
 from training.toy_world.base_model import BaseModelConfig, encode_text, load_text_side, train_base_model
-from training.toy_world.clip_tokenizer import write_clip_tokenizer
 from training.toy_world.scenes import vocabulary
 
 

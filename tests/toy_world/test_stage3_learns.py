@@ -82,7 +82,7 @@ def _reliance_on_the_image(table: dict, held_out: Path) -> tuple[float, float]:
     cfg = config_from_dict(table)
     stage = STAGES["stage3"]()
     model = stage.build_model(cfg, torch.device("cpu")).eval()
-    batch = next(iter(stage.build_dataloader(cfg, 0, 1)))
+    batch = next(iter(stage.build_dataloader(cfg, model, 0, 1)))
     shuffled = {**batch, "pixels": batch["pixels"].roll(1, dims=0)}  # one image per sample: another sample's
     gaps = []
     for seed in range(NOISE_DRAWS):

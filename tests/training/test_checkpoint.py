@@ -21,7 +21,7 @@ from training.train_config import config_from_dict
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer_dir):
     from training.data.synthetic import write_synthetic_shards
-    from training.sd15 import write_tiny_clip_tokenizer
+    from training.tiny_assets import write_tiny_clip_tokenizer
 
     root = tmp_path_factory.mktemp("ckpt_assets")
     for kind in ("captions", "interleaved"):

@@ -12,8 +12,8 @@ import pytest
 
 CLIS = [
     "training.train", "training.eval", "training.demo", "training.build_shards", "training.throughput",
-    "training.eval_layout", "training.tiny_assets", "training.sd15", "training.toy_world.run",
-    "training.toy_world.diagnose", "training.toy_world.base_model", "training.toy_world.study", "kosmos_g_core.bench",
+    "training.evaluation.layout", "training.tiny_assets", "training.toy_world.run",
+    "training.toy_world.diagnose", "training.toy_world.base_model", "training.toy_world.study", "benchmarks.core",
     "kosmos_g_core.convert",
 ]
 

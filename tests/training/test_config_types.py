@@ -93,7 +93,7 @@ def test_every_key_of_the_data_table_is_checked_before_the_model_is_built(stage)
 
 
 def test_every_key_of_the_semantic_table_is_checked_before_the_model_is_built():
-    from training.semantic_supervision import SemanticConfig
+    from training.stages.semantic_supervision import SemanticConfig
 
     for key, annotation in fields_of(SemanticConfig):
         _stage_tables_fail_before_the_model({"stage": "stage3", "data": _data("stage3"),

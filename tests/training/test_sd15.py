@@ -16,9 +16,8 @@ from training.sd15 import (
     clip_ids,
     load_clip_tokenizer,
     load_sd15,
-    write_tiny_clip_tokenizer,
-    write_tiny_sd15,
 )
+from training.tiny_assets import write_tiny_clip_tokenizer, write_tiny_sd15
 
 CPU = torch.device("cpu")
 

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer_dir):
     from training.data.synthetic import write_synthetic_shards
-    from training.sd15 import write_tiny_sd15
+    from training.tiny_assets import write_tiny_sd15
 
     root = tmp_path_factory.mktemp("dist_assets")
     write_tiny_sd15(root / "sd15")

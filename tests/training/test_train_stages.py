@@ -17,7 +17,7 @@ from training.train_config import config_from_dict
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer_dir):
     from training.data.synthetic import write_synthetic_shards
-    from training.sd15 import write_tiny_sd15
+    from training.tiny_assets import write_tiny_sd15
 
     root = tmp_path_factory.mktemp("stage_assets")
     write_tiny_sd15(root / "sd15")
@@ -41,8 +41,8 @@ def make_cfg(assets, stage: str, kinds: list[str], **model) -> object:
     return config_from_dict(raw)
 
 
-def fixed_batch(stage, cfg) -> dict:
-    return next(iter(stage.build_dataloader(cfg, 0, 1)))
+def fixed_batch(stage, cfg, model) -> dict:
+    return next(iter(stage.build_dataloader(cfg, model, 0, 1)))
 
 
 def train_on(stage, model, batch: dict, steps: int, lr: float) -> list[float]:
@@ -71,7 +71,7 @@ def test_stage1_next_token_loss_decreases_and_vision_stays_frozen_but_last_block
     cfg = make_cfg(assets, "stage1", ["interleaved"], init="", preset="tiny", tokenizer=str(assets["tokenizer"]))
     stage = STAGES["stage1"]()
     model = stage.build_model(cfg, torch.device("cpu"))
-    batch = fixed_batch(stage, cfg)
+    batch = fixed_batch(stage, cfg, model)
     assert batch["pixels"].shape[0] > 0  # interleaved: images go through the vision tower
     before = snapshot(model)
     losses = train_on(stage, model, batch, 5, 1e-3)
@@ -88,7 +88,7 @@ def test_stage1_loss_is_cross_entropy_on_loss_mask_positions_only(assets):
     cfg = make_cfg(assets, "stage1", ["interleaved"])
     stage = STAGES["stage1"]()
     model = stage.build_model(cfg, torch.device("cpu")).eval()
-    batch = fixed_batch(stage, cfg)
+    batch = fixed_batch(stage, cfg, model)
     loss, _ = model(batch)
     embeds = model.kosmos.encode_images(batch["pixels"])
     _, logits = model.kosmos.mllm_forward(batch["tokens"], embeds, batch["image_mask"], return_logits=True)
@@ -103,9 +103,9 @@ def test_stage2_trains_only_the_aligner_with_the_reference_loss(assets):
     stage = STAGES["stage2"]()
     model = stage.build_model(cfg, torch.device("cpu"))
     assert model.kosmos.config.aligner.with_decoder
-    batch = fixed_batch(stage, cfg)
+    batch = fixed_batch(stage, cfg, model)
 
-    # The formula of reference §4.3, recomputed by hand (eval mode: no dropout).
+    # The formula of the official `kosmos-g/unilm/models/aligner.py:56-66`, recomputed by hand (eval mode: no dropout).
     model.eval()
     loss, metrics = model(batch)
     tokens = batch["tokens"]
@@ -132,8 +132,8 @@ def test_stage2_trains_only_the_aligner_with_the_reference_loss(assets):
 def test_stage2_drops_captions_over_75_clip_tokens(assets):
     cfg = make_cfg(assets, "stage2", ["captions"])
     stage = STAGES["stage2"]()
-    stage.build_model(cfg, torch.device("cpu"))
-    keep = stage._caption_filter()
+    model = stage.build_model(cfg, torch.device("cpu"))
+    keep = stage.caption_filter(model)
     assert keep("a photo of a dog")
     assert keep(" ".join(["dog"] * 75)) and not keep(" ".join(["dog"] * 76))
 
@@ -145,7 +145,7 @@ def test_stage3_diffusion_loss_decreases_through_the_frozen_unet(assets):
     unet = model.frozen["unet"]
     assert not any(p.requires_grad for p in unet.parameters())
     assert model.kosmos.config.aligner is not None and not model.kosmos.config.aligner.with_decoder
-    batch = fixed_batch(stage, cfg)
+    batch = fixed_batch(stage, cfg, model)
     assert batch["target"].shape[-1] == 16
     unet_before = {k: v.clone() for k, v in unet.state_dict().items()}
     before = snapshot(model)
@@ -171,7 +171,7 @@ def test_stage3_null_condition_replaces_dropped_samples(assets):
 
     hook = unet.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        _, metrics = model(fixed_batch(stage, cfg))
+        _, metrics = model(fixed_batch(stage, cfg, model))
     finally:
         hook.remove()
     null = model.kosmos.null_condition()
@@ -199,7 +199,7 @@ def test_stage3_loss_is_the_epsilon_mse_of_the_frozen_unet(assets):
                                       with_kwargs=True)
     try:
         torch.manual_seed(0)
-        loss, metrics = stage.loss(model, fixed_batch(stage, cfg), 0)
+        loss, metrics = stage.loss(model, fixed_batch(stage, cfg, model), 0)
     finally:
         hook.remove()
         del scheduler.add_noise
@@ -221,7 +221,7 @@ def test_stage3_nulls_one_condition_in_ten_per_sample(assets):
     stage = STAGES["stage3"]()
     model = stage.build_model(cfg, torch.device("cpu")).eval()
     null = model.kosmos.null_condition()
-    batch = fixed_batch(stage, cfg)
+    batch = fixed_batch(stage, cfg, model)
     batch = {**batch, **{k: v.repeat(12, *([1] * (v.dim() - 1))) for k, v in batch.items()
                          if k in ("tokens", "image_mask", "target")}}  # 24 samples, no images in captions
 
@@ -262,7 +262,7 @@ def test_stage3_samples_render_images(assets, tmp_path):
             self.got = (tag, images.shape, float(images.min()), float(images.max()), step)
 
     writer = Writer()
-    stage.sample(model, 3, writer)
+    stage.sample(model, 3, writer, cfg)
     tag, shape, lo, hi, step = writer.got
     assert tag == "samples" and shape == (1, 3, 16, 16) and 0.0 <= lo <= hi <= 1.0 and step == 3
     assert (tmp_path / "samples" / "step_00000003_0.png").is_file()
@@ -278,7 +278,7 @@ def test_unknown_stage_and_registry():
 
 
 def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, monkeypatch):
-    """The hook of training_api.md: built with ([semantic], unet) only when a weight is non-zero, called after the
+    """The hook of training/stages/semantic_supervision.py: built with ([semantic], unet) only when a weight is non-zero, called after the
     U-Net forward with the documented keywords, its weighted terms added to the loss."""
     import sys
     import types
@@ -290,6 +290,9 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
         def __init__(self, cfg, unet):
             calls["init"] = (cfg, unet)
 
+        def attach_aligner(self, aligner):
+            pass
+
         def reset(self):
             calls["reset"] = calls.get("reset", 0) + 1
 
@@ -298,12 +301,12 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
             calls["batch_keys"] = set(batch)
             return {"grounding": noise_pred.float().pow(2).mean() * 0 + 0.25}
 
-    from training.semantic_supervision import SemanticConfig
+    from training.stages.semantic_supervision import SemanticConfig
 
-    fake = types.ModuleType("training.semantic_supervision")
+    fake = types.ModuleType("training.stages.semantic_supervision")
     fake.SemanticSupervision = SemanticSupervision
     fake.SemanticConfig = SemanticConfig  # the real table parser: only the supervision is replaced
-    monkeypatch.setitem(sys.modules, "training.semantic_supervision", fake)
+    monkeypatch.setitem(sys.modules, "training.stages.semantic_supervision", fake)
 
     off = make_cfg(assets, "stage3", ["compositional"])
     off = replace(off, semantic={"grounding_weight": 0.0})
@@ -314,7 +317,7 @@ def test_stage3_adds_semantic_supervision_terms_when_a_weight_is_set(assets, mon
     stage = STAGES["stage3"]()
     model = stage.build_model(cfg, torch.device("cpu"))
     assert calls["init"][0] == {"grounding_weight": 0.5} and calls["init"][1] is model.frozen["unet"]
-    batch = fixed_batch(stage, cfg)
+    batch = fixed_batch(stage, cfg, model)
     torch.manual_seed(0)
     loss, metrics = stage.loss(model, batch, 0)
     assert metrics["loss/grounding"] == pytest.approx(0.25)
@@ -335,8 +338,8 @@ def test_stage3_with_real_grounding_supervision_is_unchanged_by_activation_check
         stage = STAGES["stage3"]()
         model = stage.build_model(cfg, torch.device("cpu"))
         if checkpointing:
-            stage.enable_activation_checkpointing(model)
-        batch = fixed_batch(stage, cfg)
+            stage.set_activation_checkpointing(model, cfg, True)
+        batch = fixed_batch(stage, cfg, model)
         optimizer = build_optimizer(stage.trainable_parameters(model), OptimConfig(lr=1e-3, warmup_steps=0))
         torch.manual_seed(0)
         run = []

@@ -1,6 +1,6 @@
 """Data pipeline of the trainer: webdataset shard readers, source mixing, stage sampling rules, stateful loader.
 
-Public entry point: :func:`build_dataloader` (training_api.md). Shard formats and the builder command are
+Public entry point: :func:`build_dataloader` (docs/data.md). Shard formats and the builder command are
 documented in ``docs/data.md``.
 """
 

@@ -1,4 +1,4 @@
-"""Per-sample features -> the batch dict of each stage (training_api.md).
+"""Per-sample features -> the batch dict of each stage (docs/data.md).
 
 * stage1: tokens (B,T) long, image_mask (B,T) bool, pixels (N,3,S,S), loss_mask (B,T) bool, source list[str]
 * stage2: tokens (B,T) long, captions list[str], source list[str]
@@ -16,19 +16,10 @@ from typing import Any
 
 import torch
 
+from kosmos_g_core.prompt import pad_rows
 from kosmos_g_core.tokenizer import KosmosTokenizer
 
 from .features import Features
-
-
-def _pad(features: Sequence[Features], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(f.ids) for f in features)
-    tokens = torch.full((len(features), length), pad_id, dtype=torch.long)
-    image_mask = torch.zeros((len(features), length), dtype=torch.bool)
-    for row, f in enumerate(features):
-        tokens[row, : len(f.ids)] = torch.tensor(f.ids, dtype=torch.long)
-        image_mask[row, : len(f.ids)] = torch.tensor(f.image_mask, dtype=torch.bool)
-    return tokens, image_mask
 
 
 def _pixels(features: Sequence[Features], image_size: int) -> torch.Tensor:
@@ -49,7 +40,7 @@ def next_token_loss_mask(tokens: torch.Tensor, image_mask: torch.Tensor, tokeniz
 
 def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer, image_size: int) -> dict[str, Any]:
     """The batch dict of ``stage`` from the features of its samples."""
-    tokens, image_mask = _pad(features, tokenizer.PAD)
+    tokens, image_mask = pad_rows([(f.ids, f.image_mask) for f in features], tokenizer.PAD)
     source = [f.source for f in features]
     keys = [f.key for f in features]
     if stage == "stage2":

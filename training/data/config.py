@@ -22,7 +22,7 @@ from ..typed_tables import ConfigTypeError, check_table, check_value
 
 log = logging.getLogger(__name__)
 
-# Which source kinds each stage reads (training_api.md).
+# Which source kinds each stage reads (docs/data.md).
 STAGE_KINDS: dict[str, tuple[str, ...]] = {
     "stage1": ("text", "captions", "interleaved"),
     "stage2": ("captions",),

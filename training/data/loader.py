@@ -329,7 +329,7 @@ def build_dataloader(
     caption_filter: Callable[[str], bool] | None = None,
     base_dir: str | Path | None = None,
 ) -> StatefulLoader:
-    """The loader of ``stage`` ("stage1" | "stage2" | "stage3") for this rank (training_api.md).
+    """The loader of ``stage`` ("stage1" | "stage2" | "stage3") for this rank (docs/data.md).
 
     ``data_cfg`` is the stage TOML's ``[data]`` table; relative shard paths are taken from ``base_dir``
     (default: the working directory). ``caption_filter`` (stage 2: at most 75 CLIP tokens) drops captions it

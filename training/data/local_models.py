@@ -6,26 +6,11 @@ Every model is a transformers folder made with ``save_pretrained`` (or downloade
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from kosmos_g_core.local_folders import ModelFolderError, require_model_folder
 
-class ModelFolderError(ValueError):
-    """A model path that is not a transformers model folder."""
-
-
-def require_model_folder(path: str | Path, option: str, expected: str) -> Path:
-    """``path`` as a Path if it is a folder with a ``config.json``; otherwise a clear error naming the option."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ModelFolderError(f"{option} {folder}: not a folder; expected a local transformers folder of {expected}")
-    if not (folder / "config.json").is_file():
-        raise ModelFolderError(
-            f"{option} {folder}: no config.json, so not a transformers model folder; expected {expected} "
-            "(a folder written by save_pretrained or downloaded with `huggingface-cli download REPO --local-dir DIR`)"
-        )
-    return folder
+__all__ = ["ModelFolderError", "model_dtype", "move_inputs", "require_model_folder"]
 
 
 def model_dtype(device: str) -> torch.dtype:

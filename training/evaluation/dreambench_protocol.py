@@ -1,4 +1,4 @@
-"""DreamBench as KOSMOS-G evaluates it (reference/layout_supervision.md §5.4, kosmos_g.md §5).
+"""DreamBench as KOSMOS-G evaluates it (official `kosmos-g/sample_kosmosg_dreambench.py`, `kosmos-g/eval/dino_score.py`).
 
 * 30 subjects, classes and the two 25-prompt lists are parsed from the dataset's `prompts_and_classes.txt`.
 * One reference image per subject: `images/<subject>.jpg` (the project's shared copy) or, for a full DreamBench

@@ -17,19 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from kosmos_g_core.local_folders import require_model_folder
+
 from .images import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 log = logging.getLogger(__name__)
-
-
-def _check_model_dir(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{what}: expected a transformers model folder with config.json and weights at {path} "
-            "(save one with `save_pretrained`; nothing is downloaded)"
-        )
-    return path
 
 
 def _features(output: object) -> torch.Tensor:
@@ -48,7 +40,7 @@ class DinoEncoder:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
         from transformers import ViTModel
 
-        path = _check_model_dir(model_dir, "DINO ViT-S/16")
+        path = require_model_folder(model_dir, "DINO ViT-S/16 folder", "a transformers ViTModel (e.g. facebook/dino-vits16)")
         self.model = ViTModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True).to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -72,7 +64,7 @@ class ClipEncoder:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
         from transformers import CLIPModel, CLIPTokenizer
 
-        path = _check_model_dir(model_dir, "CLIP ViT-B/32")
+        path = require_model_folder(model_dir, "CLIP ViT-B/32 folder", "a transformers CLIPModel with its tokenizer (e.g. openai/clip-vit-base-patch32)")
         self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
         tok_dir = path / "tokenizer" if (path / "tokenizer" / "vocab.json").is_file() else path
         if not (tok_dir / "vocab.json").is_file():

@@ -1,6 +1,6 @@
 """Classifier-free-guided sampling with stock diffusers components and a precomputed (B, 77, 768) condition.
 
-Same loop as KOSMOS-G's `Diffusionmodel.sample` (kosmos_g.md §5): latents ~ N(0, I) * init_noise_sigma,
+Same loop as KOSMOS-G's `Diffusionmodel.sample` (official `kosmos-g/unilm/models/diffusion.py:86-133`, decode 264-273): latents ~ N(0, I) * init_noise_sigma,
 `scale_model_input`, the U-Net on [uncond; cond], eps = u + s * (c - u), `scheduler.step(..., eta=0)`, VAE decode of
 latents / scaling_factor, then (x / 2 + 0.5).clamp(0, 1). Works for SD1.5 and for the toy-world base model, which
 uses the same folder layout and classes.
@@ -40,16 +40,22 @@ class SamplerSettings:
 
 def build_scheduler(name: str, folder: str | Path):
     """The sampling scheduler from the model's own `scheduler/` config (betas, offsets), as the official code does."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler
 
     folder = Path(folder)
     if not (folder / "scheduler" / "scheduler_config.json").is_file():
         raise FileNotFoundError(f"expected a diffusers scheduler config at {folder / 'scheduler'}")
+    return scheduler_from_config(name, DDIMScheduler.load_config(folder, subfolder="scheduler"))
+
+
+def scheduler_from_config(name: str, config):
+    """The sampling scheduler `name` on a model's noise-schedule config (a diffusers scheduler config dict)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
     if name == "dpmsolver++":
         # diffusers 0.21.4 defaults used by KOSMOS-G, spelled out so newer diffusers cannot change them.
-        return DPMSolverMultistepScheduler.from_pretrained(
-            folder,
-            subfolder="scheduler",
+        return DPMSolverMultistepScheduler.from_config(
+            config,
             algorithm_type="dpmsolver++",
             solver_order=2,
             solver_type="midpoint",
@@ -58,7 +64,7 @@ def build_scheduler(name: str, folder: str | Path):
             prediction_type="epsilon",
         )
     if name == "ddim":
-        return DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+        return DDIMScheduler.from_config(config)
     raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
 
 

@@ -1,18 +1,18 @@
-"""The Stage protocol every training stage implements, the STAGES registry, and what the KOSMOS-G stages share.
+"""The Stage base class every training stage inherits, the STAGES registry, and what the KOSMOS-G stages share.
 
 A stage says what to build, what trains, what data it reads, how the loss is computed and what it exports; the
 trainer (training/train.py) owns everything else (distribution, precision, accumulation, checkpoints, logging).
-Optional hooks the trainer uses when present (with defaults for stages that only implement the protocol):
-`find_unused_parameters` (DDP), `shard_units(model)` (FSDP2 units), `fsdp_forward_methods`,
-`enable_activation_checkpointing(model)`, `count(batch)` -> (samples, tokens).
+The contract is explicit, as torchtitan's train spec: every hook is a method of `Stage` with a default (or one that
+says it must be written), and each hook gets what it needs as arguments (the config, the model that `build_model`
+returned), so a stage keeps no state between hooks and the trainer never asks a stage what it has.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -22,27 +22,78 @@ from ..distributed import unwrap
 log = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class Stage(Protocol):
-    name: str
+class ResumableLoader(Protocol):
+    """What `Stage.build_dataloader` returns: endless batches with an exact, resumable position and skip counters."""
 
-    def check_config(self, cfg) -> object: ...
-    def build_model(self, cfg, device: torch.device) -> nn.Module: ...
-    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]: ...
-    def build_dataloader(self, cfg, rank: int, world_size: int): ...
-    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]: ...
-    def export(self, model: nn.Module, path) -> None: ...
-    def sample(self, model: nn.Module, step: int, writer) -> None: ...
+    stats: Mapping[str, int]
+
+    def __iter__(self) -> Iterator[dict]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Stage:
+    """One training stage. `register(name)` names it; the trainer instantiates it without arguments and calls, in
+    order: check_config, build_model, set_activation_checkpointing (when asked), shard_units /
+    fsdp_forward_methods or find_unused_parameters (wrapping), trainable_parameters, build_dataloader, then per
+    micro-batch loss and count, sample every [sample] every steps, and export at the end."""
+
+    name: str = ""
+    # DDP: True when some trainable parameters get no gradient in some batches (e.g. image-free batches).
+    find_unused_parameters: bool = False
+    # FSDP2: methods other than forward that run the model (sampling), so parameters are gathered for them too.
+    fsdp_forward_methods: tuple[str, ...] = ()
+
+    def check_config(self, cfg) -> object:
+        """The stage's own tables: keys, value types and ranges, before anything is built (raise to refuse)."""
+        return None
+
+    def build_model(self, cfg, device: torch.device) -> nn.Module:
+        """The module the trainer wraps; `forward(batch)` -> (loss, metrics) unless `loss` says otherwise."""
+        raise NotImplementedError(f"stage {self.name!r} must implement build_model")
+
+    def set_activation_checkpointing(self, model: nn.Module, cfg, enabled: bool) -> None:
+        """Recompute activations in backward (`[model] activation_checkpointing = true`), or stop; stages without it
+        train unchanged."""
+
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        """FSDP2 shard units (transformer layers); none = the whole model is one unit."""
+        return []
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def build_dataloader(self, cfg, model: nn.Module, rank: int, world_size: int) -> ResumableLoader:
+        """This rank's batches for `model` (as built by build_model, possibly wrapped)."""
+        raise NotImplementedError(f"stage {self.name!r} must implement build_dataloader")
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        loss, metrics = model(batch)
+        return loss, {k: float(v) for k, v in metrics.items()}
+
+    def count(self, batch: dict) -> tuple[int, int]:
+        """(samples, tokens) of a batch, for throughput: by default the first tensor's batch size, no tokens."""
+        first = next((v for v in batch.values() if torch.is_tensor(v)), None)
+        return (int(first.shape[0]) if first is not None else 0), 0
+
+    def sample(self, model: nn.Module, step: int, writer, cfg) -> None:
+        """Every `[sample] every` steps: write samples / held-out scores to `writer`. Default: nothing."""
+
+    def export(self, model: nn.Module, path, cfg) -> None:
+        """The inference file at the end of the run (collective under FSDP; rank 0 writes)."""
+        raise NotImplementedError(f"stage {self.name!r} must implement export")
 
 
 # name -> Stage class (instantiated without arguments by the trainer).
-STAGES: dict[str, type] = {}
+STAGES: dict[str, type[Stage]] = {}
 
 
 def register(name: str):
-    """Class decorator: `@register("stage2") class Stage2(...)` adds it to STAGES."""
+    """Class decorator: `@register("stage2") class Stage2(Stage)` adds it to STAGES."""
 
     def deco(cls: type) -> type:
+        if not issubclass(cls, Stage):
+            raise TypeError(f"{cls.__name__} must inherit training.stages.base.Stage")
         cls.name = name
         STAGES[name] = cls
         return cls
@@ -67,6 +118,8 @@ class StageModule(nn.Module):
     """What DDP/FSDP wrap: `kosmos` (a KosmosG, registered) plus frozen helpers (SD1.5 parts) kept OUT of the
     module tree, so they are not broadcast by DDP, sharded by FSDP or written into training checkpoints (they are
     reloaded from the user's files). `forward(batch)` is the whole loss computation -> (loss, metrics)."""
+
+    stage_name = ""  # written into the export's metadata (`trained_stage`)
 
     def __init__(self, kosmos: nn.Module):
         super().__init__()
@@ -185,12 +238,20 @@ def layer_units(module: nn.Module) -> list[nn.Module]:
     return [layer for m in module.modules() if isinstance(m, LayerStack) for layer in m]
 
 
-class KosmosStage:
-    """Shared parts of the three KOSMOS-G stages."""
+def frozen_dtype(cfg) -> torch.dtype:
+    """The dtype of the frozen SD1.5 parts: `[sd15] dtype`, where `auto` follows `[parallel] precision`."""
+    from kosmos_g_core.dtypes import dtype_from_name
 
-    name = "kosmos"
+    name = cfg.sd15.dtype
+    if name == "auto":
+        name = cfg.parallel.precision if cfg.parallel.precision in ("bf16", "fp16") else "fp32"
+    return dtype_from_name(name, "[sd15] dtype")
+
+
+class KosmosStage(Stage):
+    """Shared parts of the three KOSMOS-G stages: the model is a StageModule around a KosmosG."""
+
     find_unused_parameters = True    # image-free batches skip the vision tower and connector
-    fsdp_forward_methods: tuple[str, ...] = ()
     default_trainable: tuple[str, ...] = ()
 
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
@@ -202,69 +263,49 @@ class KosmosStage:
         log.info("%s: %.1fM of %.1fM KOSMOS-G parameters trainable", self.name, n / 1e6, total / 1e6)
         return module.train()
 
-    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
-        return [p for p in model.parameters() if p.requires_grad]
-
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
         return layer_units(unwrap(model).kosmos)
 
-    def enable_activation_checkpointing(self, model: nn.Module) -> None:
-        unwrap(model).kosmos.set_gradient_checkpointing(True)
+    def set_activation_checkpointing(self, model: nn.Module, cfg, enabled: bool) -> None:
+        unwrap(model).kosmos.set_gradient_checkpointing(enabled)
 
     def check_config(self, cfg) -> None:
-        """The stage's own tables ([data]; stage 3 also [semantic]): keys, value types and ranges, before anything
-        is built."""
+        """The stage's own tables ([data], [checkpoint] export_dtype; stage 3 also [semantic])."""
+        from kosmos_g_core.dtypes import dtype_from_name
         from training.data.config import check_batch_size, parse_data_config
 
         check_batch_size(cfg.data)
         parse_data_config(self.name, cfg.data)
+        dtype_from_name(cfg.checkpoint.export_dtype, "[checkpoint] export_dtype")
 
-    def build_dataloader(self, cfg, rank: int, world_size: int):
+    def build_dataloader(self, cfg, model: nn.Module, rank: int, world_size: int):
+        """The KOSMOS-G loader with the model's own tokenizer and image size."""
         from training.data import build_dataloader
         from training.data.config import check_batch_size
 
+        module = unwrap(model)
         return build_dataloader(
-            self.name, dict(cfg.data), self._tokenizer, image_size=self._image_size,
-            target_size=self._target_size(cfg), batch_size=check_batch_size(cfg.data), rank=rank,
-            world_size=world_size, seed=cfg.run.seed, caption_filter=self._caption_filter())
+            self.name, dict(cfg.data), module.kosmos.tokenizer, image_size=module.kosmos.config.vision.image_size,
+            target_size=self.target_size(cfg), batch_size=check_batch_size(cfg.data), rank=rank,
+            world_size=world_size, seed=cfg.run.seed, caption_filter=self.caption_filter(module))
 
-    # Set by build_model: what the loader needs from the model.
-    _tokenizer = None
-    _image_size = 224
-
-    def _target_size(self, cfg) -> int:
+    def target_size(self, cfg) -> int:
+        """Side of the target images the loader prepares (0 = none)."""
         return 0
 
-    def _caption_filter(self):
+    def caption_filter(self, module: StageModule):
+        """A predicate on captions the loader applies (None = keep all)."""
         return None
 
-    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
-        loss, metrics = model(batch)
-        return loss, {k: float(v) for k, v in metrics.items()}
-
     def count(self, batch: dict) -> tuple[int, int]:
-        """(samples, tokens) of a batch, for throughput."""
         tokens = batch["tokens"]
         return int(tokens.shape[0]), int(tokens.ne(1).sum())
 
-    def export(self, model: nn.Module, path) -> None:
-        export_kosmos(model, path, dtype=self._export_dtype, drop_decoder=True)
+    def export(self, model: nn.Module, path, cfg) -> None:
+        from kosmos_g_core.dtypes import dtype_from_name
 
-    _export_dtype: torch.dtype | None = torch.float16
-
-    def remember(self, cfg, kosmos) -> None:
-        """Keep what the loader and the export need from the built model."""
-        from kosmos_g_core.checkpoint import DTYPES_BY_NAME
-
-        self._tokenizer = kosmos.tokenizer
-        self._image_size = kosmos.config.vision.image_size
-        if cfg.checkpoint.export_dtype not in DTYPES_BY_NAME:
-            raise ValueError(f"[checkpoint] export_dtype = {cfg.checkpoint.export_dtype!r}: expected one of "
-                             f"{sorted(DTYPES_BY_NAME)}")
-        self._export_dtype = DTYPES_BY_NAME[cfg.checkpoint.export_dtype]
-
-    def sample(self, model: nn.Module, step: int, writer) -> None:
-        return None
+        export_kosmos(model, path, dtype=dtype_from_name(cfg.checkpoint.export_dtype, "[checkpoint] export_dtype"),
+                      drop_decoder=True)
 
 
 def export_kosmos(model: nn.Module, path, *, dtype: torch.dtype | None, drop_decoder: bool) -> None:
@@ -288,5 +329,5 @@ def export_kosmos(model: nn.Module, path, *, dtype: torch.dtype | None, drop_dec
         sd = {k: v for k, v in sd.items() if not k.startswith(("aligner.decoder", "aligner.decoder_"))}
         config = config.with_decoder(False)
     save_checkpoint(path, sd, kosmos.tokenizer, config=config, dtype=dtype,
-                    metadata={"trained_stage": getattr(module, "stage_name", "")})
+                    metadata={"trained_stage": module.stage_name})
     log.info("exported %s (%s)", path, dtype)

@@ -8,7 +8,7 @@ Config tables it reads (everything else is the shared trainer's):
 * [model] preset = a kosmos_g_core.layout.model.PRESETS key ("small" | "small_clip" | "tiny"); init = an exported
   layout .safetensors to start from (optional).
 * [data] source = "procedural" (built-in scenes) | "coco_stuff" (captions json + stuffthingmaps folder) |
-  "shards" (tar files from training.layout_data.write_shards); batch_size; size (label resolution, default 64);
+  "shards" (tar files from training.data.layout.write_shards); batch_size; size (label resolution, default 64);
   train_scenes (procedural, default 20000); seed (procedural data seed, default 0); captions, labels (coco_stuff);
   shards (list of paths); val_scenes (held-out procedural scenes scored at every [sample] step, default 200);
   final_eval_scenes (after the export, both planners scored on this many held-out scenes, printed; default 0);
@@ -19,9 +19,8 @@ Config tables it reads (everything else is the shared trainer's):
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,10 +32,17 @@ from kosmos_g_core.layout.model import PRESETS, TextToLayoutModel, WordVocab, la
 from kosmos_g_core.layout.palettes import COCO_PANOPTIC_133
 from kosmos_g_core.layout.vocabulary import NUMBER_WORDS, known_words
 
+from ..data.layout import LayoutDataConfig, LayoutLoader, build_dataset, make_scene
 from ..distributed import unwrap
-from .base import register, to_device
+from .base import Stage, register, to_device
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def held_out_procedural(seed: int, count: int, size: int) -> tuple:
+    """The held-out scenes scored at every [sample] step, drawn once per run (scene i of a seed never changes)."""
+    return tuple(make_scene(seed, i, size) for i in range(count))
 
 # Words every vocabulary has, whatever the data: class words and synonyms, numbers, relation and scene words.
 _BASE_WORDS = (
@@ -51,12 +57,15 @@ class LayoutTraining(nn.Module):
 
     stage_name = "layout"
 
-    def __init__(self, model: TextToLayoutModel, vocab: WordVocab | None, loss_opts: dict):
+    def __init__(self, model: TextToLayoutModel, vocab: WordVocab | None, loss_opts: dict, dataset):
         super().__init__()
         self.model = model
         self.vocab = vocab
         self.loss_opts = loss_opts
-        object.__setattr__(self, "clip", None)  # (text_encoder, tokenizer) for clip mode, outside the module tree
+        # Outside the module tree: (text_encoder, tokenizer) for clip mode, and the training data set the vocabulary
+        # was built from (the loader reads it, so it is built once).
+        object.__setattr__(self, "clip", None)
+        object.__setattr__(self, "dataset", dataset)
 
     @property
     def device(self) -> torch.device:
@@ -81,77 +90,15 @@ class LayoutTraining(nn.Module):
         return layout_losses(self.model, text, pad, batch["labels"], batch.get("instances"), **self.loss_opts)
 
 
-@dataclass(frozen=True)
-class LayoutDataConfig:
-    """The layout stage's `[data]` table (see the module docstring), every value type-checked at config load."""
-
-    batch_size: int = 0               # required: samples per rank per micro-step
-    source: str = "procedural"        # procedural | coco_stuff | shards
-    size: int = 64                    # label-map side
-    train_scenes: int = 20000         # procedural
-    seed: int = 0                     # procedural data seed; held-out scenes use seed + 1
-    captions: str = ""                # coco_stuff: captions json
-    labels: str = ""                  # coco_stuff: stuffthingmaps folder
-    limit: int | None = None          # coco_stuff: at most this many images
-    shards: tuple[str, ...] = ()      # shards: layout tar files
-    val_scenes: int = 200
-    final_eval_scenes: int = 0
-    p_full_mask: float = 0.3          # layout_losses weights
-    token_weight: float = 0.5
-    edge_weight: float = 0.5
-
-    @classmethod
-    def from_table(cls, data: dict) -> LayoutDataConfig:
-        from ..typed_tables import ConfigTypeError, from_table
-
-        data = dict(data)
-        if isinstance(data.get("shards"), str):
-            data["shards"] = [data["shards"]]
-        config = from_table(cls, data, "[data]")
-        if config.batch_size < 1:
-            raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
-                                  "per micro-step)")
-        if config.source not in ("procedural", "coco_stuff", "shards"):
-            raise ConfigTypeError(f"[data] source = {config.source!r}: expected procedural | coco_stuff | shards")
-        for key in {"coco_stuff": ("captions", "labels"), "shards": ("shards",)}.get(config.source, ()):
-            if not getattr(config, key):
-                raise ConfigTypeError(f"[data] source = {config.source} needs [data] {key}")
-        return config
-
-
-def _dataset(data: LayoutDataConfig):
-    from training.layout_data import CocoStuffLayouts, ProceduralLayouts, ShardLayouts
-
-    if data.source == "procedural":
-        return ProceduralLayouts(data.train_scenes, data.seed, data.size)
-    if data.source == "coco_stuff":
-        return CocoStuffLayouts(data.captions, data.labels, size=data.size, limit=data.limit)
-    return ShardLayouts(list(data.shards))
-
-
-def _captions_for_vocab(dataset, limit: int = 2000) -> list[str]:
-    n = min(len(dataset), limit)
-    if hasattr(dataset, "items"):  # COCO: captions without opening label maps
-        return [c for c, _ in dataset.items[:n]]
-    if hasattr(dataset, "scene"):
-        return [dataset.scene(i).caption for i in range(n)]
-    return [dataset[i]["caption"] for i in range(n)]
-
-
 @register("layout")
-class LayoutStage:
-    find_unused_parameters = False
-
-    def __init__(self):
-        self._cfg = None
-        self._dataset = None
-        self._val = None
+class LayoutStage(Stage):
+    """The text-to-layout model on the layout data; `build_model` also builds the training data set (the word
+    vocabulary comes from its captions) and hands it to the module, where `build_dataloader` takes it."""
 
     def check_config(self, cfg) -> LayoutDataConfig:
         return LayoutDataConfig.from_table(cfg.data)
 
     def build_model(self, cfg, device: torch.device) -> LayoutTraining:
-        self._cfg = cfg
         data = self.check_config(cfg)
         if cfg.model.init:
             planner = load_layout_model(cfg.model.init)
@@ -165,12 +112,10 @@ class LayoutStage:
             config = PRESETS[preset]
             model = TextToLayoutModel(config)
             vocab = None
-        self._dataset = _dataset(data)
+        dataset = build_dataset(data)
         if model.config.text_encoder == "words" and vocab is None:
-            vocab = WordVocab.build(_captions_for_vocab(self._dataset), model.config.vocab_size, extra=_BASE_WORDS)
-        loss_opts = {"p_full_mask": data.p_full_mask, "token_weight": data.token_weight,
-                     "edge_weight": data.edge_weight}
-        module = LayoutTraining(model, vocab, loss_opts).to(device)
+            vocab = WordVocab.build(dataset.captions(2000), model.config.vocab_size, extra=_BASE_WORDS)
+        module = LayoutTraining(model, vocab, data.loss_weights, dataset).to(device)
         if model.config.text_encoder == "clip":
             from ..sd15 import load_sd15
 
@@ -182,16 +127,10 @@ class LayoutStage:
                  model.config.text_encoder)
         return module.train()
 
-    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
-        return [p for p in model.parameters() if p.requires_grad]
-
-    def build_dataloader(self, cfg, rank: int, world_size: int):
-        from training.layout_data import LayoutLoader
-
+    def build_dataloader(self, cfg, model: nn.Module, rank: int, world_size: int) -> LayoutLoader:
         data = self.check_config(cfg)
-        if self._dataset is None:
-            self._dataset = _dataset(data)
-        return LayoutLoader(self._dataset, data.batch_size, seed=cfg.run.seed, rank=rank, world_size=world_size)
+        return LayoutLoader(unwrap(model).dataset, data.batch_size, seed=cfg.run.seed, rank=rank,
+                            world_size=world_size)
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
         loss, metrics = model(batch)
@@ -200,7 +139,7 @@ class LayoutStage:
     def count(self, batch: dict) -> tuple[int, int]:
         return len(batch["captions"]), 0
 
-    def export(self, model: nn.Module, path) -> None:
+    def export(self, model: nn.Module, path, cfg) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized() and dist.get_rank() != 0:
@@ -208,8 +147,8 @@ class LayoutStage:
         module = unwrap(model)
         save_layout_model(path, module.model, module.vocab, {"trained_stage": "layout"})
         log.info("exported layout model %s", path)
-        data = self.check_config(self._cfg) if self._cfg is not None else None
-        if data and data.final_eval_scenes and data.source == "procedural" and module.model.config.text_encoder == "words":
+        data = self.check_config(cfg)
+        if data.final_eval_scenes and data.source == "procedural" and module.model.config.text_encoder == "words":
             self._final_comparison(path, data.final_eval_scenes, data)
 
     def _final_comparison(self, path, scenes: int, data: LayoutDataConfig) -> None:
@@ -219,7 +158,7 @@ class LayoutStage:
         import sys
         from pathlib import Path
 
-        from training.eval_layout import format_table, held_out_scenes, score_learned, score_rule_based
+        from ..evaluation.layout import format_table, held_out_scenes, score_learned, score_rule_based
 
         seed = data.seed + 1
         pairs = held_out_scenes(scenes, seed, data.size)
@@ -230,25 +169,21 @@ class LayoutStage:
         log.info("held-out mIoU: learned %.4f vs rule-based %.4f", rows["learned"]["miou"], rows["rule_based"]["miou"])
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, step: int, writer) -> None:
+    def sample(self, model: nn.Module, step: int, writer, cfg) -> None:
         """Held-out mIoU on procedural scenes (seed + 1) and a strip of predicted layouts in TensorBoard."""
-        from training.layout_data import make_scene
-
-        cfg = self._cfg
         data = self.check_config(cfg)
         module = unwrap(model)
         if module.model.config.text_encoder != "words":
             return
         n, size = data.val_scenes, data.size
-        if self._val is None:
-            self._val = [make_scene(data.seed + 1, i, size) for i in range(n)]
+        val = held_out_procedural(data.seed + 1, n, size)
         was = module.training
         module.eval()
         planner = LearnedPlanner(module.model, module.vocab)
         ev = LayoutEvaluator()
         shown = []
         for start in range(0, n, 64):
-            chunk = self._val[start : start + 64]
+            chunk = val[start : start + 64]
             for sc, lay in zip(chunk, planner.layouts([s.caption for s in chunk]), strict=True):
                 lay = lay.resized(size, size)
                 ev.update(sc.caption, lay, sc.labels)

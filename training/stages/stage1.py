@@ -44,7 +44,6 @@ class Stage1(KosmosStage):
 
     def build_model(self, cfg, device: torch.device) -> LanguageModelling:
         kosmos = build_kosmos(cfg, device, aligner="keep")
-        self.remember(cfg, kosmos)
         return self.finish_model(cfg, LanguageModelling(kosmos))
 
     def count(self, batch: dict) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Stage 2, image-decoder aligning (reference §4.3, §6.1): text only; MLLM, vision tower and connector frozen;
+"""Stage 2, image-decoder aligning (official `kosmos-g/unilm/models/aligner.py:44-67`,
+`kosmos-g/unilm/models/kosmosg.py:234-238`): text only; MLLM, vision tower and connector frozen;
 AlignerNet M and N trained.
 
     z    = M(MLLM(tokens))                                  (B, 77, 768)
@@ -17,14 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..sd15 import clip_caption_filter, clip_ids, load_sd15
-from .base import KosmosStage, StageModule, build_kosmos, check_condition_width, register, to_device
-
-
-def frozen_dtype(cfg) -> torch.dtype:
-    name = cfg.sd15.dtype
-    if name == "auto":
-        name = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.parallel.precision, "fp32")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+from .base import (
+    KosmosStage,
+    StageModule,
+    build_kosmos,
+    check_condition_width,
+    frozen_dtype,
+    register,
+    to_device,
+)
 
 
 class Aligning(StageModule):
@@ -53,15 +55,14 @@ class Stage2(KosmosStage):
 
     def build_model(self, cfg, device: torch.device) -> Aligning:
         kosmos = build_kosmos(cfg, device, aligner="with_decoder")
-        self.remember(cfg, kosmos)
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), text_encoder=True,
                           tokenizer_path=cfg.sd15.tokenizer)
         check_condition_width(kosmos, parts.text_encoder.config.hidden_size, "the CLIP text encoder", cfg.sd15.path)
         module = Aligning(kosmos)
         module.add_frozen("text_encoder", parts.text_encoder)
         module.add_frozen("clip_tokenizer", parts.tokenizer)
-        self._clip_tokenizer = parts.tokenizer
         return self.finish_model(cfg, module)
 
-    def _caption_filter(self):
-        return clip_caption_filter(self._clip_tokenizer)
+    def caption_filter(self, module: StageModule):
+        """Captions the frozen CLIP text encoder would truncate are dropped (its tokenizer decides)."""
+        return clip_caption_filter(module.frozen["clip_tokenizer"])

@@ -1,4 +1,5 @@
-"""Stage 3, compositional instruction tuning ("score distillation", reference §6.2).
+"""Stage 3, compositional instruction tuning ("score distillation"; official `kosmos-g/unilm/models/diffusion.py:64-84`,
+`kosmos-g/unilm/models/kosmosg.py:311-319`).
 
     c        = M(MLLM(tokens, images))                      (B, 77, 768), 10 % replaced by null = M(MLLM([<s>]))
     latents  = VAE.encode(target).sample() * 0.18215        frozen
@@ -7,7 +8,7 @@
 
 Trainable: MLLM, connector, AlignerNet M, last ViT block + ln_post. Data: compositional : editing : captions shards
 (the loader applies the entity-word, cut-out and caption-drop rules). When `[semantic]` has a non-zero weight the
-layout engineer's `training.semantic_supervision.SemanticSupervision` adds its terms.
+`semantic_supervision.SemanticSupervision` (beside this file) adds its terms.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..distributed import unwrap
+from ..distributed import is_fsdp, unwrap
 from ..sd15 import load_sd15
 from .base import (
     KosmosStage,
     StageModule,
     build_kosmos,
     check_condition_width,
+    frozen_dtype,
     last_vit_block_prefixes,
     register,
     to_device,
 )
-from .stage2 import frozen_dtype
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +105,6 @@ def _prompts(items) -> list:
     return out
 
 
-@torch.no_grad()
-def render(unet, vae, noise_scheduler, cond: Tensor, uncond: Tensor, *, steps: int, guidance: float,
-           resolution: int, seed: int) -> Tensor:
-    """DPM-Solver++ (2M) with classifier-free guidance on the frozen U-Net and VAE -> (N, 3, R, R) in [0, 1]."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    sampler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++",
-                                                      solver_order=2)
-    sampler.set_timesteps(steps, device=cond.device)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    gen = torch.Generator(device="cpu").manual_seed(seed)  # its own generator: training RNG streams untouched
-    shape = (cond.shape[0], unet.config.in_channels, resolution // factor, resolution // factor)
-    latents = torch.randn(shape, generator=gen).to(cond.device, unet.dtype) * sampler.init_noise_sigma
-    context = torch.cat([uncond, cond]).to(unet.dtype)
-    for t in sampler.timesteps:
-        x = sampler.scale_model_input(torch.cat([latents, latents]), t)
-        eps_uncond, eps_cond = unet(x, t, encoder_hidden_states=context).sample.chunk(2)
-        latents = sampler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
 @register("stage3")
 class Stage3(KosmosStage):
     default_trainable = ("gpt_model.", "img_connector.", "aligner.")
@@ -135,17 +114,15 @@ class Stage3(KosmosStage):
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
 
     def check_config(self, cfg) -> None:
-        from training.semantic_supervision import SemanticConfig
+        from .semantic_supervision import SemanticConfig
 
         super().check_config(cfg)
         SemanticConfig.from_dict(cfg.semantic)
 
     def build_model(self, cfg, device: torch.device) -> InstructionTuning:
-        from training.semantic_supervision import SemanticConfig
+        from .semantic_supervision import SemanticConfig
 
         kosmos = build_kosmos(cfg, device, aligner="encoder")
-        self.remember(cfg, kosmos)
-        self._cfg = cfg
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), unet=True, vae=True)
         check_condition_width(kosmos, parts.unet.config.cross_attention_dim, "the U-Net's cross-attention",
                               cfg.sd15.path)
@@ -154,44 +131,51 @@ class Stage3(KosmosStage):
         module.add_frozen("vae", parts.vae)
         module.add_frozen("noise_scheduler", parts.noise_scheduler)
         if SemanticConfig.from_dict(cfg.semantic).enabled:
-            from training.semantic_supervision import SemanticSupervision
+            from .semantic_supervision import SemanticSupervision
 
             semantic = SemanticSupervision(dict(cfg.semantic), parts.unet)
-            if hasattr(semantic, "attach_aligner"):
-                # Entity token positions are MLLM positions: the hook maps them to the U-Net's 77 context slots
-                # through AlignerNet M's attention.
-                semantic.attach_aligner(kosmos.aligner)
+            # Entity token positions are MLLM positions: the hook maps them to the U-Net's 77 context slots
+            # through AlignerNet M's attention.
+            semantic.attach_aligner(kosmos.aligner)
             module.add_frozen("semantic", semantic)
             log.info("semantic supervision enabled: %s", cfg.semantic)
         return self.finish_model(cfg, module)
 
-    def enable_activation_checkpointing(self, model) -> None:
-        super().enable_activation_checkpointing(model)
-        if self._cfg.sd15.gradient_checkpointing:
-            unwrap(model).frozen["unet"].enable_gradient_checkpointing()
+    def set_activation_checkpointing(self, model, cfg, enabled: bool) -> None:
+        super().set_activation_checkpointing(model, cfg, enabled)
+        unet = unwrap(model).frozen["unet"]
+        if enabled and cfg.sd15.gradient_checkpointing:  # the frozen U-Net too, when [sd15] asks for it
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
 
-    def _target_size(self, cfg) -> int:
+    def target_size(self, cfg) -> int:
         return cfg.sd15.resolution
 
-    def sample(self, model, step: int, writer) -> None:
-        cfg = self._cfg
+    def sample(self, model, step: int, writer, cfg) -> None:
         if not cfg.sample.prompts:
             return
         module = unwrap(model)
         # FSDP: every rank runs the (registered) conditioning method, since it gathers parameters.
-        caller = model if hasattr(model, "sample_conditions") else module
+        caller = model if is_fsdp(model) else module
         cond, uncond = caller.sample_conditions(_prompts(cfg.sample.prompts))
         if dist.is_initialized() and dist.get_rank() != 0:
             return
-        images = render(module.frozen["unet"], module.frozen["vae"], module.frozen["noise_scheduler"], cond, uncond,
-                        steps=cfg.sample.steps, guidance=cfg.sample.guidance,
-                        resolution=cfg.sample.resolution or cfg.sd15.resolution, seed=cfg.sample.seed)
-        writer.images("samples", images.cpu(), step)
+        from ..evaluation.sampler import DiffusionSampler, scheduler_from_config
+
+        unet, vae = module.frozen["unet"], module.frozen["vae"]
+        scheduler = scheduler_from_config("dpmsolver++", module.frozen["noise_scheduler"].config)
+        sampler = DiffusionSampler(unet, vae, scheduler, cond.device, unet.dtype)
+        images = sampler.sample(cond, uncond, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+                                resolution=cfg.sample.resolution or cfg.sd15.resolution,
+                                # its own generator: the training RNG streams stay untouched
+                                generator=torch.Generator(device="cpu").manual_seed(cfg.sample.seed))
+        writer.images("samples", images, step)
         folder = Path(cfg.run.out_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
-        for i, img in enumerate(images.cpu()):
+        for i, img in enumerate(images):
             array = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
             Image.fromarray(array).save(folder / f"step_{step:08d}_{i}.png")
         log.info("wrote %d sample images to %s", len(images), folder)

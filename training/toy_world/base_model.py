@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from training.cli import setup_logging
 from training.sd15 import cast_module
+from training.tiny_assets import write_clip_tokenizer
 
-from .clip_tokenizer import write_clip_tokenizer
 from .scenes import COLOURS, PAIR_PROB, PLACES, SHAPES, random_any_scene, render, vocabulary
 
 log = logging.getLogger(__name__)

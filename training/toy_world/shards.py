@@ -9,10 +9,7 @@ compositional) shows two subjects side by side ("a toy next to a block on the be
 * stage-1 captions: the same scenes, every caption naming the subject ("a red round toy on the beach"), plus
   reference-style pictures of a subject alone (its crop with background or its white cut-out, as stage 3 and the
   evaluation show it) captioned "a red round toy". Multimodal pretraining is where the MLLM learns what a picture
-  shows; measured on the stage-1 model (choose the right one of the 20 subject captions after an image, chance
-  0.05): with half the captions naming the subject it stayed at 0.15 after 1,500 steps, with all of them 0.70 on
-  scenes but still 0.15 on the white cut-outs it had never seen; with these pictures as well, 0.75 on scenes and
-  0.85 on cut-outs after 3,000 steps.
+  shows (why both kinds of caption: docs/evaluation.md, "What each run taught").
 * compositional (stage 3): `{key}.jpg`, `{key}.json` {"caption": "a toy on the beach", "entities": [{"name": "toy",
   "span": [2, 5]}]}, `{key}.ent0.crop.jpg` (square crop with background), `{key}.ent0.cut.png` (white-background
   cut-out), `{key}.ent0.mask.png` (full-image mask); two-subject scenes have entities "toy" and "block" and files

@@ -1,4 +1,5 @@
-"""What the layout nodes do, without ComfyUI: ComfyUI tensors in and out, and the user-facing error messages.
+"""What the layout nodes do with their inputs, as plain functions (no ComfyUI import): ComfyUI tensors in and out,
+and the user-facing error messages.
 
 IMAGE = (B,H,W,3) float in [0,1]; MASK = (E,H,W) float in [0,1]; a CONDITIONING's tensor is (B,L,768).
 """
@@ -6,16 +7,16 @@ IMAGE = (B,H,W,3) float in [0,1]; MASK = (E,H,W) float in [0,1]; a CONDITIONING'
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from .labels import IGNORE
-from .layout import Layout, layout_from_label_map
-from .palettes import parse_layout_image
-from .planner import LayoutPlanner, RuleBasedPlanner
-from .prompt_parser import parse_prompt, tokenize
-from .vocabulary import known_words, resolve_class
+from ..kosmos_g_core.layout.layout import Layout, layout_from_label_map
+from ..kosmos_g_core.layout.palettes import PaletteError, parse_layout_image
+from ..kosmos_g_core.layout.planner import LayoutPlanner, RuleBasedPlanner
+from ..kosmos_g_core.layout.prompt_parser import parse_prompt, tokenize
+from ..kosmos_g_core.layout.vocabulary import known_words, resolve_class
 
 
 class LayoutNodeError(ValueError):
@@ -64,8 +65,6 @@ def layout_from_image(image: torch.Tensor, palette: str = "auto", prompt: str = 
     from the prompt's nouns when given)."""
     if image.ndim == 4:
         image = image[0]
-    from .palettes import PaletteError
-
     try:
         labels, pal = parse_layout_image(image.detach().cpu().numpy(), palette)
     except PaletteError as e:
@@ -73,8 +72,6 @@ def layout_from_image(image: torch.Tensor, palette: str = "auto", prompt: str = 
     layout = layout_from_label_map(labels, prompt=prompt, planner=f"parsed:{pal.name}", min_pixels=4)
     if prompt:
         words = {m.class_id: m.word for m in parse_prompt(prompt).mentions}
-        from dataclasses import replace
-
         ents = tuple(replace(e, name=words.get(e.class_id, e.name)) for e in layout.entities)
         layout = Layout(layout.label_map, layout.instance_map, ents, prompt, layout.planner, dict(layout.meta))
     return layout
@@ -120,6 +117,3 @@ def entity_mask(layout: Layout, entity: str, width: int = 0, height: int = 0) ->
         mask = mask[ys][:, xs]
     return torch.from_numpy(np.ascontiguousarray(mask))[None]
 
-
-def unlabelled_share(layout: Layout) -> float:
-    return float((layout.label_map == IGNORE).mean())

@@ -54,7 +54,7 @@ class SemanticConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SemanticConfig:
-        from .typed_tables import from_table
+        from ..typed_tables import from_table
 
         return from_table(cls, d, "[semantic]")
 
@@ -158,7 +158,7 @@ def grounding_loss(attn: Tensor, slot_weights: Tensor, mask: Tensor, *, token_we
 
 
 class SemanticSupervision:
-    """The hook stage 3 calls after the U-Net forward (see training_api.md)."""
+    """The hook stage 3 calls after the U-Net forward (the contract: __init__([semantic], unet), attach_aligner, reset, losses)."""
 
     def __init__(self, cfg: dict, unet):
         self.cfg = SemanticConfig.from_dict(cfg)

@@ -1,4 +1,4 @@
-"""`python -m kosmos_g_core.bench`: load time, load memory and encode speed of the pack's checkpoint format, and the
+"""`python -m benchmarks.core`: load time, load memory and encode speed of the pack's checkpoint format, and the
 MLLM forward against transformers' Kosmos-2 text model with the same weights.
 
 Three processes, so each measurement starts clean:
@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from .tokenizer import BUNDLED_DIR
+from kosmos_g_core.dtypes import DTYPES
+from kosmos_g_core.tokenizer import BUNDLED_DIR
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPT = "<i> wearing <i>"
 
 
@@ -70,13 +70,13 @@ def _loadavg() -> float:
 
 
 def _config(size: str):
-    from .config import PRESETS
+    from kosmos_g_core.config import PRESETS
 
     return PRESETS[size]
 
 
 def _tokenizer(tokenizer_dir: Path):
-    from .tokenizer import KosmosTokenizer
+    from kosmos_g_core.tokenizer import KosmosTokenizer
 
     spm, vocab = tokenizer_dir / "sentencepiece.bpe.model", tokenizer_dir / "dict.txt"
     if not (spm.is_file() and vocab.is_file()):
@@ -89,8 +89,8 @@ def _tokenizer(tokenizer_dir: Path):
 
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
-    from .checkpoint import save_checkpoint
-    from .model import KosmosG
+    from kosmos_g_core.checkpoint import save_checkpoint
+    from kosmos_g_core.model import KosmosG
 
     dtype = DTYPES[args.dtype]
     config = _config(args.size)
@@ -156,8 +156,8 @@ def _hf_text_model(model, dtype: torch.dtype):
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
-    from .checkpoint import load_checkpoint
-    from .prompt import InterleavedPrompt
+    from kosmos_g_core.checkpoint import load_checkpoint
+    from kosmos_g_core.prompt import InterleavedPrompt
 
     dtype = DTYPES[args.dtype]
     result: dict[str, Any] = {"threads": torch.get_num_threads(), "rss_before_load": _current_rss(),
@@ -228,7 +228,7 @@ def _write_sources(args: argparse.Namespace) -> dict[str, Any]:
 
     from transformers import Kosmos2Config, Kosmos2Model
 
-    from .model import KosmosG
+    from kosmos_g_core.model import KosmosG
 
     folder = Path(args.file)
     config = _config(args.size)
@@ -263,7 +263,7 @@ def _write_sources(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _convert(args: argparse.Namespace, kind: str) -> dict[str, Any]:
-    from .convert import convert_kosmos2, convert_official
+    from kosmos_g_core.convert import convert_kosmos2, convert_official
 
     folder = Path(args.file)
     out = folder / f"{kind}.safetensors"
@@ -295,7 +295,7 @@ def _conversion_table(args: argparse.Namespace, sources: dict[str, Any], officia
 
 
 def _child(stage: str, args: argparse.Namespace, file: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "kosmos_g_core.bench", "--stage", stage, "--file", str(file),
+    cmd = [sys.executable, "-m", "benchmarks.core", "--stage", stage, "--file", str(file),
            "--size", args.size, "--dtype", args.dtype, "--repeats", str(args.repeats),
            "--tokenizer-dir", str(args.tokenizer_dir)]
     if args.threads:
@@ -351,7 +351,7 @@ def _table(args: argparse.Namespace, built: dict[str, Any], measured: dict[str, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kosmos_g_core.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.core", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("official", "tiny"), default="official",
                    help="official: the full 1.89B-parameter model (about 4 GB in bf16, a few minutes on 2 cores); "
                         "tiny: a seconds-long smoke run of the same steps (default official)")

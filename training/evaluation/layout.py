@@ -1,7 +1,7 @@
 r"""Compare layout planners on held-out captions: dataset mIoU, best-of-k, presence, counts, relations.
 
-    python -m training.eval_layout --model runs/layout/export.safetensors --scenes 500 --seed 1
-    python -m training.eval_layout --model M.safetensors --coco-captions captions_val2017.json \
+    python -m training.evaluation.layout --model runs/layout/export.safetensors --scenes 500 --seed 1
+    python -m training.evaluation.layout --model M.safetensors --coco-captions captions_val2017.json \
         --coco-labels stuffthingmaps_trainval2017/val2017 --limit 5000
 
 Without --model only the rule-based planner is scored; `learned` is the model's layout decoded with the prompt's
@@ -26,19 +26,16 @@ from kosmos_g_core.layout.learned import LearnedPlanner, load_layout_model
 from kosmos_g_core.layout.metrics import LayoutEvaluator, best_of_k
 from kosmos_g_core.layout.planner import RuleBasedPlanner
 from training.cli import setup_logging
+from training.data.layout import CocoStuffLayouts, make_scene
 
 log = logging.getLogger(__name__)
 
 
 def held_out_scenes(count: int, seed: int = 1, size: int = 64) -> list[tuple[str, np.ndarray]]:
-    from training.layout_data import make_scene
-
     return [(sc.caption, sc.labels) for sc in (make_scene(seed, i, size) for i in range(count))]
 
 
 def coco_pairs(captions_json: str, labels_dir: str, size: int, limit: int) -> list[tuple[str, np.ndarray]]:
-    from training.layout_data import CocoStuffLayouts
-
     ds = CocoStuffLayouts(captions_json, labels_dir, size=size, limit=limit)
     return [(ds[i]["caption"], ds[i]["labels"]) for i in range(len(ds))]
 
@@ -112,7 +109,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m training.eval_layout", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m training.evaluation.layout", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
     ap.add_argument("--argmax", action="store_true", help="also score the learned model's raw per-pixel argmax")

@@ -1,36 +1,21 @@
-"""Data for the text-to-layout stage: procedural scenes with generated captions, COCO-Stuff from local files, shards.
+"""Procedural layout scenes: the built-in data set of the text-to-layout stage (tests, demos, the CPU run).
 
-* Procedural scenes (the built-in data set for tests, demos and the CPU run): outdoor scenes of five kinds (pasture,
-  street, beach, snow, lake) drawn at random (horizon, ridges, ground strips, animals, cars, houses with roofs and
-  windows, trees, people, boats, clouds, birds), each with a caption generated from what was drawn: every class, its
-  count in words or digits, and up to two spatial relations that hold in the drawing. Scene i of seed s is a pure
-  function of (s, i), so held-out sets are just other seeds. The drawing code is separate from the rule-based
-  planner's on purpose (its own priors and randomness), so comparing the two planners on these scenes is fair.
-* COCO-Stuff 164k: captions_{split}2017.json + stuffthingmaps_trainval2017/{split}2017/*.png from local paths; one
-  sample per caption, label map resized (nearest) and centre-cropped.
-* Shards: procedural scenes written to / read from tar files (`{key}.txt`, `{key}.label.png`, `{key}.inst.png`).
-
-Batches are dicts: captions list[str], labels (B,S,S) long (255 ignored), instances (B,S,S) long or None.
+Outdoor scenes of five kinds (pasture, street, beach, snow, lake) drawn at random (horizon, ridges, ground strips,
+animals, cars, houses with roofs and windows, trees, people, boats, clouds, birds), each with a caption generated
+from what was drawn: every class, its count in words or digits, and up to two spatial relations that hold in the
+drawing. Scene i of seed s is a pure function of (s, i), so held-out sets are just other seeds. The drawing code is
+separate from the rule-based planner's on purpose (its own priors and randomness), so comparing the two planners on
+these scenes is fair.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import logging
-import tarfile
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
 from kosmos_g_core.layout import raster
-from kosmos_g_core.layout.labels import CLASS_ID, IGNORE, raw_to_contiguous
-
-log = logging.getLogger(__name__)
+from kosmos_g_core.layout.labels import CLASS_ID, IGNORE
 
 
 @dataclass(frozen=True)
@@ -313,172 +298,3 @@ def _caption(rng, stuff, visible, boxes, ground, far, strip, has_sky, facts) -> 
     for p in parts[1:]:
         text += p if p.startswith(";") else (", " + p if rng.random() < 0.5 else " " + p)
     return text
-
-
-# -- data sets -----------------------------------------------------------------------------------------------------
-class ProceduralLayouts(torch.utils.data.Dataset):
-    """`length` procedural scenes of data set `seed`, generated on first access and cached in memory."""
-
-    def __init__(self, length: int, seed: int = 0, size: int = 64):
-        self.length, self.seed, self.size = length, seed, size
-        self._cache: dict[int, Scene] = {}
-
-    def __len__(self) -> int:
-        return self.length
-
-    def scene(self, i: int) -> Scene:
-        if i not in self._cache:
-            sc = make_scene(self.seed, i, self.size)
-            if sc.instances.max() < 256:  # a quarter of the memory for the cache (ids are small)
-                sc = Scene(sc.caption, sc.labels, sc.instances.astype(np.uint8), sc.counts)
-            self._cache[i] = sc
-        return self._cache[i]
-
-    def __getitem__(self, i: int) -> dict:
-        sc = self.scene(i)
-        return {"caption": sc.caption, "labels": sc.labels, "instances": sc.instances}
-
-
-class CocoStuffLayouts(torch.utils.data.Dataset):
-    """COCO-Stuff 164k from local files: one sample per caption.
-
-    captions_json: COCO `captions_{split}2017.json`; stuffthingmaps_dir: the folder with `<image stem>.png` label
-    maps (values = COCO id - 1, 255 unlabelled). Label maps: short side resized (nearest) to `size`, centre crop.
-    """
-
-    def __init__(self, captions_json: str | Path, stuffthingmaps_dir: str | Path, size: int = 64,
-                 limit: int | None = None):
-        captions_json, folder = Path(captions_json), Path(stuffthingmaps_dir)
-        if not captions_json.is_file():
-            raise FileNotFoundError(f"COCO captions file {captions_json} not found (expected captions_train2017.json)")
-        if not folder.is_dir():
-            raise FileNotFoundError(f"COCO-Stuff label folder {folder} not found (expected stuffthingmaps_trainval2017/"
-                                    "train2017 with one <image id>.png per image)")
-        data = json.loads(captions_json.read_text())
-        stems = {img["id"]: Path(img["file_name"]).stem for img in data["images"]}
-        self.items = []
-        for ann in data["annotations"]:
-            png = folder / f"{stems[ann['image_id']]}.png"
-            self.items.append((ann["caption"].strip(), png))
-            if limit and len(self.items) >= limit:
-                break
-        if not self.items:
-            raise ValueError(f"{captions_json}: no captions found")
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        caption, png = self.items[i]
-        if not png.is_file():
-            raise FileNotFoundError(f"COCO-Stuff label map {png} is missing (caption #{i})")
-        raw = Image.open(png)
-        w, h = raw.size
-        scale = self.size / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        raw = raw.resize((nw, nh), Image.NEAREST)
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        arr = np.asarray(raw.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
-        return {"caption": caption, "labels": raw_to_contiguous(arr), "instances": None}
-
-
-def write_shards(out_dir: str | Path, count: int, *, seed: int = 0, size: int = 64, per_shard: int = 1000) -> list[Path]:
-    """Write `count` procedural scenes to tar shards `{out_dir}/layout-{k:06d}.tar`; returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for start in range(0, count, per_shard):
-        path = out / f"layout-{start // per_shard:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(start, min(count, start + per_shard)):
-                sc = make_scene(seed, i, size)
-                key = f"{seed:03d}{i:09d}"
-                _add(tar, f"{key}.txt", sc.caption.encode())
-                _add(tar, f"{key}.label.png", _png(sc.labels))
-                _add(tar, f"{key}.inst.png", _png(sc.instances.clip(0, 255).astype(np.uint8)))
-        paths.append(path)
-    return paths
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-class ShardLayouts(torch.utils.data.Dataset):
-    """Samples of layout tar shards (lossless PNG label and instance maps), loaded into memory."""
-
-    def __init__(self, shards: Sequence[str | Path]):
-        groups: dict[str, dict[str, bytes]] = {}
-        for shard in shards:
-            if not Path(shard).is_file():
-                raise FileNotFoundError(f"layout shard {shard} not found")
-            with tarfile.open(shard) as tar:
-                for m in tar.getmembers():
-                    key, _, ext = m.name.partition(".")
-                    groups.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        self.samples = []
-        for key in sorted(groups):
-            g = groups[key]
-            if not {"txt", "label.png"} <= set(g):
-                raise ValueError(f"layout shard sample {key} lacks .txt or .label.png")
-            inst = np.asarray(Image.open(io.BytesIO(g["inst.png"])), dtype=np.int32) if "inst.png" in g else None
-            self.samples.append({"caption": g["txt"].decode(), "labels": np.asarray(Image.open(io.BytesIO(g["label.png"]))),
-                                 "instances": inst})
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.samples[i]
-
-
-def collate(samples: Sequence[dict]) -> dict:
-    labels = torch.from_numpy(np.stack([s["labels"] for s in samples]).astype(np.int64))
-    inst = None
-    if all(s["instances"] is not None for s in samples):
-        inst = torch.from_numpy(np.stack([s["instances"] for s in samples]).astype(np.int64))
-    return {"captions": [s["caption"] for s in samples], "labels": labels, "instances": inst}
-
-
-class LayoutLoader:
-    """Infinite, deterministic batches over a data set (reshuffled each epoch from seed + epoch), sharded by rank,
-    with an exact resume position (state_dict / load_state_dict), as the trainer's StatefulLoader contract asks."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        if len(dataset) < batch_size * world_size:
-            raise ValueError(f"the layout data set has {len(dataset)} samples, fewer than one global batch "
-                             f"({batch_size} x {world_size} ranks)")
-        self.dataset, self.batch_size = dataset, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch, self.position = 0, 0
-        self.stats: dict[str, int] = {}
-
-    def _order(self) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
-        return perm[self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[dict]:
-        while True:
-            order = self._order()
-            while self.position + self.batch_size <= len(order):
-                idx = order[self.position : self.position + self.batch_size]
-                self.position += self.batch_size
-                yield collate([self.dataset[int(i)] for i in idx])
-            self.epoch += 1
-            self.position = 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.epoch, self.position = int(d["epoch"]), int(d["position"])

@@ -1,0 +1,67 @@
+"""Batches of the text-to-layout stage: the data set a `[data]` table names, collation, and the resumable loader.
+
+Batches are dicts: captions list[str], labels (B,S,S) long (255 ignored), instances (B,S,S) long or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .config import LayoutDataConfig
+from .datasets import CocoStuffLayouts, ProceduralLayouts
+from .shards import ShardLayouts
+
+
+def build_dataset(data: LayoutDataConfig) -> torch.utils.data.Dataset:
+    """The data set of `[data] source`."""
+    if data.source == "procedural":
+        return ProceduralLayouts(data.train_scenes, data.seed, data.size)
+    if data.source == "coco_stuff":
+        return CocoStuffLayouts(data.captions, data.labels, size=data.size, limit=data.limit)
+    return ShardLayouts(list(data.shards))
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    labels = torch.from_numpy(np.stack([s["labels"] for s in samples]).astype(np.int64))
+    inst = None
+    if all(s["instances"] is not None for s in samples):
+        inst = torch.from_numpy(np.stack([s["instances"] for s in samples]).astype(np.int64))
+    return {"captions": [s["caption"] for s in samples], "labels": labels, "instances": inst}
+
+
+class LayoutLoader:
+    """Infinite, deterministic batches over a data set (reshuffled each epoch from seed + epoch), sharded by rank,
+    with an exact resume position (state_dict / load_state_dict), as the trainer's StatefulLoader contract asks."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if len(dataset) < batch_size * world_size:
+            raise ValueError(f"the layout data set has {len(dataset)} samples, fewer than one global batch "
+                             f"({batch_size} x {world_size} ranks)")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.position = 0, 0
+        self.stats: dict[str, int] = {}
+
+    def _order(self) -> np.ndarray:
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+        return perm[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            order = self._order()
+            while self.position + self.batch_size <= len(order):
+                idx = order[self.position : self.position + self.batch_size]
+                self.position += self.batch_size
+                yield collate([self.dataset[int(i)] for i in idx])
+            self.epoch += 1
+            self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.position = int(d["epoch"]), int(d["position"])
