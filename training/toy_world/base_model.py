@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from training.cli import setup_logging
-from training.sd15 import cast_module
+from training.sd15 import SD15_SCHEDULER, cast_module
 from training.tiny_assets import write_clip_tokenizer
 
 from .scenes import COLOURS, PAIR_PROB, PLACES, SHAPES, random_any_scene, render, vocabulary
@@ -43,11 +43,6 @@ log = logging.getLogger(__name__)
 # The base model shipped with the pack (fp16, trained by `main` below with seed 0): the demo and the seed study use
 # it as every KOSMOS-G training uses the same SD1.5.
 SHIPPED_BASE = Path(__file__).resolve().parent / "assets" / "base"
-
-SD15_SCHEDULER = {
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-    "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "prediction_type": "epsilon",
-}
 
 
 @dataclass(frozen=True)
