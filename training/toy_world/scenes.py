@@ -164,8 +164,9 @@ def random_pair_scene(rng: random.Random, subjects: list[Subject] | None = None,
 
 
 def random_any_scene(rng: random.Random, pair_prob: float, subjects: list[Subject] | None = None) -> Scene | PairScene:
-    """A two-subject scene with probability `pair_prob`, else a one-subject scene."""
-    if rng.random() < pair_prob:
+    """A two-subject scene with probability `pair_prob`, else a one-subject scene (at `pair_prob` 0 the draws are
+    those of `random_scene` alone, so a one-subject world is the same as before two-subject scenes existed)."""
+    if pair_prob > 0 and rng.random() < pair_prob:
         return random_pair_scene(rng, subjects)
     return random_scene(rng, subjects=subjects)
 
