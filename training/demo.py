@@ -10,12 +10,13 @@ exported in the pack's checkpoint format, loaded back with `kosmos_g_core.load_c
 "a <i> on the beach" with a reference image of a subject whose colour and shape no caption names. The toy world's
 scorer then reports how often the generated subject has the reference's colour and shape (100 images per
 condition), separately for the subjects KOSMOS-G was trained on and the 5 it never saw, against the text-only prompt
-and the model before stage 3.
+and the model before stage 3, and how often "a <i> next to a <i> on the beach" gets each subject right on its side
+(100 two-subject prompts).
 
-How long: 8.4 minutes measured on an idle 2-core CPU. It always uses 2 threads (--threads N to change): the numbers
+How long: 8.1 minutes measured on an idle 2-core CPU. It always uses 2 threads (--threads N to change): the numbers
 are reproducible only at a fixed thread count, so a busy machine makes the demo slower (measured 14.8 minutes with
-other jobs on the cores), never different. Without the shipped base model (or with --train-base) the demo trains
-one first, about 8 minutes more. An interrupted demo continues where it stopped when run again.
+other jobs on the cores, before two-subject scenes), never different. Without the shipped base model (or with --train-base) the demo trains
+one first, about 9 minutes more (24 measured with other jobs on the cores). An interrupted demo continues where it stopped when run again.
 """
 
 from __future__ import annotations

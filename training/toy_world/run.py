@@ -1,6 +1,6 @@
 """The toy-world run: base model, then the real stage 1, 2 and 3 trainer at tiny scale, then the measurements.
 
-    python -m training.toy_world.run --out runs/toy_world            # the full run (about 20 min on 2 CPU cores)
+    python -m training.toy_world.run --out runs/toy_world            # the full run (about 22 min on 2 CPU cores, 9 of them the base model)
     python -m training.toy_world.run --out runs/toy_smoke --preset smoke
 
 Writes under --out: `base/` (the SD1.5-layout toy base model), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/toy_world", help="output folder (default runs/toy_world)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                        help="full: the measured run in docs/evaluation.md (about 20 min on 2 cores); demo: the "
+                        help="full: the measured run in docs/evaluation.md (about 22 min on 2 cores); demo: the "
                              "shorter stages of `python -m training.demo`; smoke: every step for a few iterations "
                              "(about a minute) (default full)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
