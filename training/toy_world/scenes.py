@@ -154,13 +154,11 @@ def random_scene(rng: random.Random, subject: Subject | None = None, place: str 
     )
 
 
-def random_pair_scene(rng: random.Random, subjects: list[Subject] | None = None, place: str | None = None,
-                      pair: tuple[Subject, Subject] | None = None) -> PairScene:
-    """Two different subjects (`pair`, else drawn from `subjects`, default all) at `place` (else a random one)."""
-    left, right = pair if pair is not None else rng.sample(subjects or all_subjects(), 2)
+def random_pair_scene(rng: random.Random, subjects: list[Subject] | None = None) -> PairScene:
+    """Two different subjects drawn from `subjects` (default all) at a random place, each jittered."""
+    left, right = rng.sample(subjects or all_subjects(), 2)
     jitter = [rng.uniform(-PAIR_JITTER, PAIR_JITTER) for _ in range(4)]
-    return PairScene(left, right, place if place is not None else rng.choice(list(PLACES)),
-                     (jitter[0], jitter[1]), (jitter[2], jitter[3]))
+    return PairScene(left, right, rng.choice(list(PLACES)), (jitter[0], jitter[1]), (jitter[2], jitter[3]))
 
 
 def random_any_scene(rng: random.Random, pair_prob: float, subjects: list[Subject] | None = None) -> Scene | PairScene:
