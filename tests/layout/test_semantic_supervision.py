@@ -159,14 +159,39 @@ def test_segmentation_consistency_loss(tmp_path):
     loss.backward()
     assert torch.isfinite(cond.grad).all() and cond.grad[0].abs().sum() > 0
     assert cond.grad[1].abs().sum() == 0  # t = 900: outside the reward window
-    # without names: each mask takes the class the segmenter sees most in it (still finite, still a gradient)
+    # names that are no COCO-Stuff class: the masks are ignored, so no loss and no gradient. (The old fallback
+    # labelled them with the segmenter's own dominant class, a target the loss could meet by changing nothing.)
     cond2 = torch.randn(1, 77, 768, requires_grad=True)
     pred = unet(noisy[:1], t[:1], encoder_hidden_states=cond2).sample
     b1 = _batch(b=1, r=32)
+    b1["entity_names"] = [["sks", "blorp"]]
     loss = sem.losses(batch=b1, noise_pred=pred, noisy_latents=noisy[:1], timesteps=t[:1], noise_scheduler=scheduler,
                       vae=vae)["semantic/segmentation"]
     loss.backward()
-    assert torch.isfinite(loss) and cond2.grad.abs().sum() > 0
+    assert float(loss.detach()) == 0.0 and (cond2.grad is None or cond2.grad.abs().sum() == 0)
+
+
+def test_segmentation_without_any_target_is_refused_at_the_first_batch(tmp_path):
+    """Masks with neither a label_map nor names of COCO-Stuff classes give the term nothing to aim at: the first
+    batch says what to provide, whatever its timesteps (the check comes before the reward window)."""
+    unet, vae = tiny_unet(), tiny_vae()
+    seg_dir = _tiny_segmenter(tmp_path / "seg")
+    noisy, t = torch.randn(1, 4, 8, 8), torch.tensor([900])
+    pred = unet(noisy, t, encoder_hidden_states=torch.randn(1, 77, 768)).sample
+    for names in (None, [["sks", "blorp"]]):
+        sem = SemanticSupervision({"segmentation_weight": 0.5, "segmenter": str(seg_dir)}, unet)
+        batch = _batch(b=1, r=32)
+        if names is not None:
+            batch["entity_names"] = names
+        with pytest.raises(ValueError, match=r"no target .*label_map.*COCO-Stuff classes"):
+            sem.losses(batch=batch, noise_pred=pred, noisy_latents=noisy, timesteps=t,
+                       noise_scheduler=diffusers.DDPMScheduler(), vae=vae)
+    # a label_map is a target: no error
+    sem = SemanticSupervision({"segmentation_weight": 0.5, "segmenter": str(seg_dir)}, unet)
+    batch = _batch(b=1, r=32)
+    batch["label_map"] = torch.zeros(1, 32, 32, dtype=torch.long)
+    sem.losses(batch=batch, noise_pred=pred, noisy_latents=noisy, timesteps=t,
+               noise_scheduler=diffusers.DDPMScheduler(), vae=vae)
 
 
 def test_config_errors():

@@ -16,9 +16,11 @@ Two switchable terms, each with its weight in the `[semantic]` table of the stag
 * **Segmentation consistency** (ControlNet++-style, `segmentation_weight`): for samples with t <= max_timestep, the
   predicted clean latent x0 is decoded by the frozen VAE (with gradients) and segmented by a frozen segmenter (a
   transformers model from `segmenter` = local folder); cross-entropy against the target map: `label_map` of the batch
-  (COCO-Stuff ids) when present, else each entity mask labelled with its class (`entity_names`), else, with neither,
-  each mask with the class the segmenter itself finds dominant inside it (a self-consistency target); pixels outside
-  every mask are ignored.
+  (COCO-Stuff ids) when present, else each entity mask labelled with its class (`entity_names` that are COCO-Stuff
+  classes the segmenter knows). A mask whose class is unknown is ignored, as are pixels outside every mask: the
+  target never comes from the segmenter's own prediction, which the loss could satisfy by changing nothing. The first
+  batch with entity masks must give some target (a `label_map`, or at least one such name), else a ValueError says
+  what to provide: a data set without targets would leave the term silently at zero.
 
 [semantic] keys: grounding_weight (0), grounding_token_weight (1), grounding_pixel_weight (0.5), grounding_sizes
 ([16, 32]: attention map side lengths that are recorded; [] = all), segmentation_weight (0), segmenter ("" ; folder),
@@ -165,6 +167,7 @@ class SemanticSupervision:
         self.unet = unet
         self.store = _Store()
         self.segmenter = None
+        self._targets_checked = False
         self._aligner_hooks: list = []
         if self.cfg.grounding_weight:
             n = install_recorders(unet, self.store, self.cfg.grounding_sizes)
@@ -271,6 +274,7 @@ class SemanticSupervision:
 
     def _segmentation(self, batch: dict, noise_pred: Tensor, noisy: Tensor, timesteps: Tensor, scheduler,
                       vae) -> Tensor:
+        self._check_targets(batch)  # before the timestep window, so a data set without targets fails at step 1
         keep = timesteps <= self.cfg.segmentation_max_timestep
         if not bool(keep.any()):
             return noise_pred.sum() * 0.0
@@ -294,15 +298,47 @@ class SemanticSupervision:
             return noise_pred.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=255)
 
+    def _mask_class(self, name: str) -> int | None:
+        """An entity name's class in the segmenter's label space; None when the name is no COCO-Stuff class (after
+        synonyms) or the segmenter's label space lacks it."""
+        from kosmos_g_core.layout.labels import CLASS_ID
+        from kosmos_g_core.layout.vocabulary import lookup
+
+        found = lookup(name)
+        if found is None:
+            return None
+        c = int(self.segmenter.from_internal[CLASS_ID[found]])
+        return None if c == 255 else c
+
+    def _check_targets(self, batch: dict) -> None:
+        """Once, at the first batch with entity masks: some mask must get a target. Later batches are not checked,
+        so one sample whose entities are outside COCO-Stuff cannot end a long run; its masks are simply ignored."""
+        if self._targets_checked:
+            return
+        masks = batch.get("entity_masks") or []
+        if not any(m.shape[0] for m in masks):
+            return  # nothing to label in this batch: the next batch with masks is the first
+        self._targets_checked = True
+        if batch.get("label_map") is not None:
+            return
+        names = batch.get("entity_names") or []
+        given = [n for b, m in enumerate(masks) if b < len(names) for n in names[b][: m.shape[0]]]
+        if any(self._mask_class(n) is not None for n in given):
+            return
+        what = (f"its entity_names {sorted(set(given))[:8]} are no COCO-Stuff class that the segmenter "
+                f"{self.cfg.segmenter} knows" if given else "no `entity_names`")
+        raise ValueError(
+            f"[semantic] segmentation_weight: the first batch has entity masks but no target for any of them (no "
+            f"`label_map`, and {what}). Give the batch "
+            "a `label_map` (COCO-Stuff ids, 255 = ignore) or entity names that are COCO-Stuff classes (sheep, dog, "
+            "grass, sky ...), or set [semantic] segmentation_weight = 0")
+
     def _targets(self, batch: dict, samples: list[int], logits: Tensor) -> Tensor | None:
         """(n, h, w) long in the segmenter's label space, 255 = ignore."""
         import numpy as np
 
-        from kosmos_g_core.layout.vocabulary import lookup
-
-        seg = self.segmenter
         h, w = logits.shape[-2:]
-        lut = torch.from_numpy(seg.from_internal.astype(np.int64)).to(logits.device)
+        lut = torch.from_numpy(self.segmenter.from_internal.astype(np.int64)).to(logits.device)
         out = torch.full((len(samples), h, w), 255, dtype=torch.long, device=logits.device)
         label_map = batch.get("label_map")
         masks = batch.get("entity_masks") or []
@@ -318,15 +354,7 @@ class SemanticSupervision:
                 m = F.interpolate(masks[b][e][None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
                 if not bool(m.any()):
                     continue
-                cls = None
-                if b < len(names) and e < len(names[b]):
-                    found = lookup(names[b][e])
-                    if found is not None:
-                        from kosmos_g_core.layout.labels import CLASS_ID
-
-                        c = int(seg.from_internal[CLASS_ID[found]])
-                        cls = c if c != 255 else None
-                if cls is None:  # self-consistency: the class the segmenter itself sees most inside the mask
-                    cls = int(logits[k].detach().softmax(0)[:, m].mean(1).argmax())
-                out[k][m] = cls
+                cls = self._mask_class(names[b][e]) if b < len(names) and e < len(names[b]) else None
+                if cls is not None:  # unknown class: the mask stays 255 (ignored)
+                    out[k][m] = cls
         return out
