@@ -44,6 +44,8 @@ class ModelConfig:
     trainable: tuple[str, ...] = ()  # parameter-name prefixes; () = the stage's paper default
     activation_checkpointing: bool = True
     cond_dropout: float = 0.1        # stage 3: share of conditions replaced by the null embedding (CFG)
+    mention_tokens: bool = True      # layout stage: feed the parser's (class, count) tokens to the model; false
+                                     # measures what the model learns from the caption words alone
 
 
 @dataclass(frozen=True)

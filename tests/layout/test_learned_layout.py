@@ -105,6 +105,35 @@ def test_stage_trains_exports_and_plans(tmp_path):
     assert run(cfg2).start_step == 6
 
 
+def test_model_without_mention_tokens_trains_saves_loads_and_is_scored(tmp_path):
+    """`model.mention_tokens=false`: the model reads the caption only; the file keeps the whole config, so it loads
+    back as the same architecture, predicts, and the evaluation scores its parser-free argmax on every column."""
+    import dataclasses
+
+    import training
+    from training.evaluation.layout import main
+    from training.stages.layout import LayoutStage
+    from training.train import run
+    from training.train_config import load_config
+
+    tiny = Path(training.__file__).parent / "configs" / "tiny" / "layout.toml"
+    cfg = load_config(tiny, [f"run.out_dir={tmp_path / 'run'}", "run.max_steps=1", "model.mention_tokens=false"])
+    result = run(cfg)
+    assert len(result.losses) == 1 and np.isfinite(result.losses[0])
+    planner = load_layout_model(result.export_path)
+    assert planner.model.config == dataclasses.replace(PRESETS["tiny"], mention_tokens=False)
+    assert not any(k.startswith("mention_") for k in planner.model.state_dict())
+    layout = planner.plan("two sheep on the grass under the sky", width=32, height=32)
+    assert layout.label_map.shape == (32, 32)
+    rows = main(["--model", str(result.export_path), "--scenes", "4", "--size", "32", "--argmax"])
+    assert all(np.isfinite(rows["learned_argmax"][k]) for k in ("miou", "presence_precision", "presence_recall",
+                                                                "count_accuracy", "relation_accuracy"))
+    # starting from that file with mention tokens asked for would silently train another architecture: refused
+    init = load_config(tiny, [f"run.out_dir={tmp_path / 'run2'}", f"model.init={result.export_path}"])
+    with pytest.raises(ValueError, match="mention_tokens = false"):
+        LayoutStage().build_model(init, torch.device("cpu"))
+
+
 def test_sampling_is_seeded_and_diverse():
     torch.manual_seed(0)
     model = TextToLayoutModel(PRESETS["tiny"]).eval()

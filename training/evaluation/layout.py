@@ -5,10 +5,15 @@ r"""Compare layout planners on held-out captions: dataset mIoU, best-of-k, prese
         --coco-labels stuffthingmaps_trainval2017/val2017 --limit 5000
 
 Without --model only the rule-based planner is scored; `learned` is the model's layout decoded with the prompt's
-counts (what the node outputs), `--argmax` adds its raw per-pixel argmax. Procedural scenes come from a seed the training never uses
-(training uses seed 0; the default here is 1), so every caption is held out. Both planners are scored on the same
-ground truths at the same resolution (`--size`, default 64; predictions are resized with nearest neighbour).
-The result table goes to stdout (and to --json when given).
+counts (what the node outputs), `--argmax` adds its raw per-pixel argmax. The `learned` row takes every counted noun's
+count from the rule-based parser and decodes exactly that many instances, so its count accuracy (and the presence of
+counted nouns) holds by construction; a model trained with mention tokens is also handed those counts as input. The
+`learned_argmax` row uses nothing from the parser at decoding (classes from the argmax, instances cut along the
+predicted contact lines): with a model trained with `model.mention_tokens=false` it measures what the model learns
+from the caption words alone. The header names which kind of model was scored. Procedural scenes come from a seed
+the training never uses (training uses seed 0; the default here is 1), so every caption is held out. Both planners
+are scored on the same ground truths at the same resolution (`--size`, default 64; predictions are resized with
+nearest neighbour). The result table goes to stdout (and to --json when given).
 """
 
 from __future__ import annotations
@@ -112,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m training.evaluation.layout", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
-    ap.add_argument("--argmax", action="store_true", help="also score the learned model's raw per-pixel argmax")
+    ap.add_argument("--argmax", action="store_true",
+                    help="also score the learned model's raw per-pixel argmax (no counts from the parser)")
     ap.add_argument("--json", default="", help="also write the scores to this file")
     args = ap.parse_args(argv)
     setup_logging(fmt="%(message)s")
@@ -125,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = {"rule_based": score_rule_based(pairs)}
     if args.model:
         planner = load_layout_model(args.model)
+        mentions = planner.model.config.mention_tokens
+        sys.stdout.write(f"model {args.model}: " + (
+            "mention tokens on (the parser's class and count of each noun are model inputs)" if mentions else
+            "mention tokens off (the model reads the caption words only)") + "\n")
         rows["learned"] = score_learned(planner, pairs, best_of=args.best_of)
         if args.argmax:
             rows["learned_argmax"] = score_learned_argmax(planner, pairs)

@@ -6,7 +6,8 @@ checkpoint that the Load Layout Model node reads.
 
 Config tables it reads (everything else is the shared trainer's):
 * [model] preset = a kosmos_g_core.layout.model.PRESETS key ("small" | "small_clip" | "tiny"); init = an exported
-  layout .safetensors to start from (optional).
+  layout .safetensors to start from (optional); mention_tokens = false trains without the parser's (class, count)
+  tokens (the model then reads only the caption).
 * [data] source = "procedural" (built-in scenes) | "coco_stuff" (captions json + stuffthingmaps folder) |
   "shards" (tar files from training.data.layout.write_shards); batch_size; size (label resolution, default 64);
   train_scenes (procedural, default 20000); seed (procedural data seed, default 0); captions, labels (coco_stuff);
@@ -19,6 +20,7 @@ Config tables it reads (everything else is the shared trainer's):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -103,13 +105,19 @@ class LayoutStage(Stage):
         if cfg.model.init:
             planner = load_layout_model(cfg.model.init)
             model, vocab = planner.model.float(), planner.vocab
+            if model.config.mention_tokens != cfg.model.mention_tokens:
+                # the file's architecture cannot change; a silent mismatch would train a different model than asked
+                raise ValueError(
+                    f"[model] init = {cfg.model.init} was trained with mention_tokens = "
+                    f"{str(model.config.mention_tokens).lower()}; set model.mention_tokens="
+                    f"{str(model.config.mention_tokens).lower()} or start without init")
             log.info("layout model initialised from %s", cfg.model.init)
         else:
             preset = cfg.model.preset if cfg.model.preset in PRESETS else None
             if preset is None:
                 raise ValueError(f"[model] preset = {cfg.model.preset!r}: the layout stage expects one of "
                                  f"{sorted(PRESETS)}")
-            config = PRESETS[preset]
+            config = dataclasses.replace(PRESETS[preset], mention_tokens=cfg.model.mention_tokens)
             model = TextToLayoutModel(config)
             vocab = None
         dataset = build_dataset(data)
@@ -123,8 +131,8 @@ class LayoutStage(Stage):
                               tokenizer_path=cfg.sd15.tokenizer)
             object.__setattr__(module, "clip", (parts.text_encoder, parts.tokenizer))
         n = sum(p.numel() for p in model.parameters())
-        log.info("layout model: %s, %.2fM parameters, %s text encoder", cfg.model.preset, n / 1e6,
-                 model.config.text_encoder)
+        log.info("layout model: %s, %.2fM parameters, %s text encoder, mention tokens %s", cfg.model.preset,
+                 n / 1e6, model.config.text_encoder, "on" if model.config.mention_tokens else "off")
         return module.train()
 
     def build_dataloader(self, cfg, model: nn.Module, rank: int, world_size: int) -> LayoutLoader:
