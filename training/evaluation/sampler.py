@@ -101,9 +101,13 @@ class DiffusionSampler:
     @torch.no_grad()
     def sample(
         self, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance: float, resolution: int,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, controlnet=None, hint: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """cond, uncond: (B, 77, 768) -> images (B, 3, H, W) in 0..1 (float32, CPU)."""
+        """cond, uncond: (B, 77, 768) -> images (B, 3, H, W) in 0..1 (float32, CPU).
+
+        With a diffusers `controlnet` and its hint (B, 3, H, W) in [0, 1], the ControlNet's residuals are added to
+        the U-Net on both the conditional and the unconditional half (diffusers' StableDiffusionControlNetPipeline
+        with guess_mode off)."""
         b = cond.shape[0]
         uncond = uncond.expand(b, -1, -1) if uncond.shape[0] == 1 else uncond
         context = torch.cat([uncond, cond]).to(self.device, self.dtype)  # uncond first, as the official code
@@ -113,9 +117,16 @@ class DiffusionSampler:
         ).to(self.device, self.dtype)
         self.scheduler.set_timesteps(steps, device=self.device)
         latents = latents * self.scheduler.init_noise_sigma
+        residuals = {}
+        if controlnet is not None:
+            hint = torch.cat([hint, hint]).to(self.device, self.dtype)
         for t in self.scheduler.timesteps:
             model_in = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps = self.unet(model_in, t, encoder_hidden_states=context).sample
+            if controlnet is not None:
+                down, mid = controlnet(model_in, t, encoder_hidden_states=context, controlnet_cond=hint,
+                                       return_dict=False)
+                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            eps = self.unet(model_in, t, encoder_hidden_states=context, **residuals).sample
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
             latents = self.scheduler.step(eps, t, latents).prev_sample

@@ -27,6 +27,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -118,15 +119,49 @@ def build_components(cfg: BaseModelConfig, vocab_size: int, pad_id: int, bos_id:
     return unet, vae, text
 
 
-def _batch(rng: random.Random, cfg: BaseModelConfig) -> tuple[torch.Tensor, list[str]]:
-    """(B, 3, S, S) in [-1, 1] and their captions (attribute words on `describe_prob`, empty on `uncond_prob`)."""
-    images, captions = [], []
-    for _ in range(cfg.batch_size):
-        scene = random_any_scene(rng, cfg.pair_prob)
-        images.append(np.asarray(render(scene, cfg.image_size), np.float32) / 127.5 - 1.0)
-        r = rng.random()
-        captions.append("" if r < cfg.uncond_prob else scene.caption(describe=rng.random() < cfg.describe_prob))
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), captions
+class World(Protocol):
+    """What a toy world gives the base-model training: its words, its captioned pictures and what its captions say."""
+
+    def vocabulary(self) -> list[str]: ...
+
+    def image_batch(self, rng: random.Random, cfg: BaseModelConfig) -> tuple[torch.Tensor, list[str]]:
+        """(B, 3, S, S) pictures in [-1, 1] and their captions ("" on `uncond_prob`)."""
+
+    def text_batch(self, rng: random.Random, cfg: BaseModelConfig) -> tuple[list[str], torch.Tensor]:
+        """`text_batch` captions and their (B, K) class ids, one per head of `head_sizes`."""
+
+    @property
+    def head_sizes(self) -> tuple[int, ...]: ...
+
+
+class ToyWorld:
+    """The subject world of scenes.py: one or two subjects on a place."""
+
+    def vocabulary(self) -> list[str]:
+        return vocabulary()
+
+    def image_batch(self, rng: random.Random, cfg: BaseModelConfig) -> tuple[torch.Tensor, list[str]]:
+        """Captions name the attribute words on `describe_prob`, are empty on `uncond_prob`."""
+        images, captions = [], []
+        for _ in range(cfg.batch_size):
+            scene = random_any_scene(rng, cfg.pair_prob)
+            images.append(np.asarray(render(scene, cfg.image_size), np.float32) / 127.5 - 1.0)
+            r = rng.random()
+            captions.append("" if r < cfg.uncond_prob else scene.caption(describe=rng.random() < cfg.describe_prob))
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), captions
+
+    def text_batch(self, rng: random.Random, cfg: BaseModelConfig) -> tuple[list[str], torch.Tensor]:
+        scenes = [random_any_scene(rng, cfg.pair_prob) for _ in range(cfg.text_batch)]
+        described = [rng.random() < cfg.describe_prob for _ in scenes]
+        labels = torch.tensor([_attribute_labels(s, d) for s, d in zip(scenes, described, strict=True)])  # (B, 6)
+        return [s.caption(d) for s, d in zip(scenes, described, strict=True)], labels
+
+    @property
+    def head_sizes(self) -> tuple[int, ...]:
+        return (len(PLACES), 2, *(len(COLOURS) + 1, len(SHAPES) + 1) * 2)
+
+
+TOY_WORLD = ToyWorld()
 
 
 def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
@@ -148,22 +183,20 @@ def _attribute_labels(scene, described: bool) -> tuple[int, ...]:
     return (list(PLACES).index(scene.place), len(subjects) - 1, *words)
 
 
-def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: random.Random) -> float:
+def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: random.Random,
+                          world: World = TOY_WORLD) -> float:
     """Teach the toy CLIP what a caption says at every one of its 77 output positions; returns the final loss.
 
-    Linear heads on each (B, 77, C) position predict the caption's place / subject count / each subject's colour
-    word and shape word. The causal mask means positions before a word cannot know it, so the loss does not reach
-    zero."""
-    heads = torch.nn.ModuleList([torch.nn.Linear(cfg.context_dim, n) for n in
-                                 (len(PLACES), 2, *(len(COLOURS) + 1, len(SHAPES) + 1) * 2)])
+    Linear heads on each (B, 77, C) position predict what the world's captions state (the toy world: place, subject
+    count, each subject's colour word and shape word). The causal mask means positions before a word cannot know it,
+    so the loss does not reach zero."""
+    heads = torch.nn.ModuleList([torch.nn.Linear(cfg.context_dim, n) for n in world.head_sizes])
     opt = torch.optim.AdamW([*text_encoder.parameters(), *heads.parameters()], lr=cfg.text_lr, weight_decay=0.0)
     text_encoder.train().requires_grad_(True)
     loss = torch.tensor(float("nan"))
     for step in range(cfg.text_steps):
-        scenes = [random_any_scene(rng, cfg.pair_prob) for _ in range(cfg.text_batch)]
-        described = [rng.random() < cfg.describe_prob for _ in scenes]
-        labels = torch.tensor([_attribute_labels(s, d) for s, d in zip(scenes, described, strict=True)])  # (B, 6)
-        hidden = encode_text(tokenizer, text_encoder, [s.caption(d) for s, d in zip(scenes, described, strict=True)])
+        captions, labels = world.text_batch(rng, cfg)
+        hidden = encode_text(tokenizer, text_encoder, captions)
         positions = hidden.shape[1]
         loss = sum(F.cross_entropy(head(hidden).flatten(0, 1), labels[:, i].repeat_interleave(positions))
                    for i, head in enumerate(heads))
@@ -176,12 +209,12 @@ def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: ra
     return float(loss.item())
 
 
-def _train_vae(vae, cfg: BaseModelConfig, rng: random.Random) -> float:
+def _train_vae(vae, cfg: BaseModelConfig, rng: random.Random, world: World) -> float:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     vae.train()
     loss = torch.tensor(float("nan"))
     for step in range(cfg.vae_steps):
-        x, _ = _batch(rng, cfg)
+        x, _ = world.image_batch(rng, cfg)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
@@ -192,12 +225,12 @@ def _train_vae(vae, cfg: BaseModelConfig, rng: random.Random) -> float:
             log.info("vae step %d/%d loss %.5f", step, cfg.vae_steps, loss.item())
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(_batch(rng, cfg)[0]).latent_dist.mode() for _ in range(4)])
+        latents = torch.cat([vae.encode(world.image_batch(rng, cfg)[0]).latent_dist.mode() for _ in range(4)])
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return float(loss.item())
 
 
-def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.Random) -> float:
+def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.Random, world: World) -> float:
     """epsilon-prediction with min-SNR-gamma weights w(t) = min(SNR(t), gamma) / SNR(t); keeps an EMA of the
     weights and loads it into `unet` at the end. Returns the mean weighted loss of the last 100 steps."""
     params = list(unet.parameters())
@@ -208,7 +241,7 @@ def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.R
     unet.train()
     losses: list[float] = []
     for step in range(cfg.unet_steps):
-        x, captions = _batch(rng, cfg)
+        x, captions = world.image_batch(rng, cfg)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
@@ -236,8 +269,9 @@ def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.R
 
 
 def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig(), seed: int = 0,
-                     threads: int | None = None, save_dtype: torch.dtype = torch.float32) -> Path:
-    """Train and save the toy base model as an SD1.5-layout diffusers folder (weights in `save_dtype`)."""
+                     threads: int | None = None, save_dtype: torch.dtype = torch.float32,
+                     world: World = TOY_WORLD) -> Path:
+    """Train and save a toy world's base model as an SD1.5-layout diffusers folder (weights in `save_dtype`)."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
@@ -246,14 +280,14 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(vocabulary(), out / "tokenizer", cfg.max_length))
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(world.vocabulary(), out / "tokenizer", cfg.max_length))
     unet, vae, text = build_components(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                                        tokenizer.eos_token_id)
     t0 = time.time()
     seconds = {}
-    vae_loss = _train_vae(vae, cfg, rng)
+    vae_loss = _train_vae(vae, cfg, rng, world)
     seconds["vae"] = time.time() - t0
-    text_loss = pretrain_text_encoder(tokenizer, text, cfg, rng)
+    text_loss = pretrain_text_encoder(tokenizer, text, cfg, rng, world)
     seconds["text_encoder"] = time.time() - t0 - seconds["vae"]
 
     text_cache: dict[str, torch.Tensor] = {}  # a few thousand distinct captions, each encoded once
@@ -267,7 +301,7 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
         return torch.stack([text_cache[c] for c in captions])
 
     scheduler = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k != "set_alpha_to_one"})
-    unet_loss = _train_unet(unet, vae, scheduler, embed, cfg, rng)
+    unet_loss = _train_unet(unet, vae, scheduler, embed, cfg, rng, world)
     seconds["unet"] = time.time() - t0 - seconds["vae"] - seconds["text_encoder"]
 
     for module, sub in ((unet, "unet"), (vae, "vae"), (text, "text_encoder")):

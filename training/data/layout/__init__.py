@@ -2,13 +2,13 @@
 files and tar shards (`datasets`, `shards`), the typed `[data]` table (`config`) and the resumable loader (`loader`).
 """
 
-from .config import LayoutDataConfig
+from .config import ControlNetDataConfig, LayoutDataConfig
 from .datasets import CocoStuffLayouts, ProceduralLayouts
-from .loader import LayoutLoader, build_dataset, collate
+from .loader import ControlNetCollate, LayoutLoader, build_dataset, collate
 from .scenes import Scene, make_scene
 from .shards import ShardLayouts, write_shards
 
 __all__ = [
-    "CocoStuffLayouts", "LayoutDataConfig", "LayoutLoader", "ProceduralLayouts", "Scene", "ShardLayouts",
+    "CocoStuffLayouts", "ControlNetCollate", "ControlNetDataConfig", "LayoutDataConfig", "LayoutLoader", "ProceduralLayouts", "Scene", "ShardLayouts",
     "build_dataset", "collate", "make_scene", "write_shards",
 ]

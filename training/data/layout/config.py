@@ -46,3 +46,33 @@ class LayoutDataConfig:
     def loss_weights(self) -> dict[str, float]:
         """The keyword arguments of kosmos_g_core.layout.model.layout_losses."""
         return {"p_full_mask": self.p_full_mask, "token_weight": self.token_weight, "edge_weight": self.edge_weight}
+
+
+@dataclass(frozen=True)
+class ControlNetDataConfig:
+    """The `[data]` table of the ControlNet stage: layout shards with pictures (training.layout_world.shards)."""
+
+    batch_size: int = 0                       # required: samples per rank per micro-step
+    shards: tuple[str, ...] = ()              # layout tar files with {key}.png pictures
+    palette: str = "coco_panoptic_133"        # the hint's colours: control_v11p_sd15_seg's COCO protocol
+    caption_dropout: float = 0.1              # share of empty captions, so guidance works at sampling
+
+    @classmethod
+    def from_table(cls, data: dict) -> ControlNetDataConfig:
+        data = dict(data)
+        if isinstance(data.get("shards"), str):
+            data["shards"] = [data["shards"]]
+        config = from_table(cls, data, "[data]")
+        if config.batch_size < 1:
+            raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
+                                  "per micro-step)")
+        if not config.shards:
+            raise ConfigTypeError("[data] shards is empty: the ControlNet stage needs layout shards with pictures "
+                                  "(write them with python -m training.layout_world.shards)")
+        from kosmos_g_core.layout.palettes import PALETTES
+
+        if config.palette not in PALETTES:
+            raise ConfigTypeError(f"[data] palette = {config.palette!r}: expected one of {sorted(PALETTES)}")
+        if not 0.0 <= config.caption_dropout < 1.0:
+            raise ConfigTypeError(f"[data] caption_dropout = {config.caption_dropout}: expected 0 <= p < 1")
+        return config

@@ -1,5 +1,6 @@
 """Layout tar shards: procedural scenes written as `{key}.txt`, `{key}.label.png`, `{key}.inst.png` (lossless PNG),
-and the data set that reads them back."""
+and the data set that reads them back (with `{key}.png`, the picture of the scene, when the shards have one: the
+ControlNet stage trains on picture + layout + caption)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 class ShardLayouts(torch.utils.data.Dataset):
-    """Samples of layout tar shards (lossless PNG label and instance maps), loaded into memory."""
+    """Samples of layout tar shards (lossless PNG label and instance maps, and the (S, S, 3) uint8 picture when the
+    shard has `{key}.png`), loaded into memory."""
 
     def __init__(self, shards: Sequence[str | Path]):
         groups: dict[str, dict[str, bytes]] = {}
@@ -63,8 +65,11 @@ class ShardLayouts(torch.utils.data.Dataset):
             if not {"txt", "label.png"} <= set(g):
                 raise ValueError(f"layout shard sample {key} lacks .txt or .label.png")
             inst = np.asarray(Image.open(io.BytesIO(g["inst.png"])), dtype=np.int32) if "inst.png" in g else None
-            self.samples.append({"caption": g["txt"].decode(), "labels": np.asarray(Image.open(io.BytesIO(g["label.png"]))),
-                                 "instances": inst})
+            sample = {"caption": g["txt"].decode(), "labels": np.asarray(Image.open(io.BytesIO(g["label.png"]))),
+                      "instances": inst}
+            if "png" in g:
+                sample["picture"] = np.asarray(Image.open(io.BytesIO(g["png"])).convert("RGB"))
+            self.samples.append(sample)
 
     def __len__(self) -> int:
         return len(self.samples)
