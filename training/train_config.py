@@ -156,7 +156,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def config_from_dict(raw: dict, source: str = "") -> TrainConfig:
     if "stage" not in raw:
-        raise ValueError(f"{source or 'config'}: missing top-level key `stage` (stage1 | stage2 | stage3 | layout)")
+        raise ValueError(f"{source or 'config'}: missing top-level key `stage` (stage1 | stage2 | stage3 | layout | controlnet)")
     unknown = sorted(set(raw) - set(_SECTIONS) - set(_PASSTHROUGH) - {"stage"})
     if unknown:
         raise ValueError(f"{source or 'config'}: unknown table(s) {unknown}; "

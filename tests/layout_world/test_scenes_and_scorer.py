@@ -73,3 +73,26 @@ def test_rule_based_planner_understands_the_prompts():
     assert np.mean([r.count for r in readings]) >= 0.95
     assert np.mean([r.relation for r in readings if r.relation is not None]) >= 0.99
     assert all(r.ground for r in readings)
+
+
+def test_shipped_base_is_small_fp16_and_draws_the_ground_it_is_told():
+    """The study's frozen base: fp16, SD1.5's folder layout, and (sampled briefly) the ground the caption names."""
+    import torch
+    from safetensors import safe_open
+
+    from training.evaluation.sampler import DiffusionSampler, to_pil
+    from training.layout_world.base_model import SHIPPED_LAYOUT_BASE
+    from training.toy_world.base_model import encode_text, load_text_side
+
+    files = sorted(SHIPPED_LAYOUT_BASE.rglob("*.safetensors"))
+    assert len(files) == 3 and sum(f.stat().st_size for f in files) < 12e6
+    for f in files:
+        with safe_open(f, "pt") as weights:
+            assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F16"}, f
+    batch = scenes(11, 12)
+    tok, text = load_text_side(SHIPPED_LAYOUT_BASE)
+    with torch.no_grad():
+        cond, uncond = encode_text(tok, text, [s.caption for s in batch]), encode_text(tok, text, [""])
+    images = DiffusionSampler.from_folder(SHIPPED_LAYOUT_BASE).sample(
+        cond, uncond, steps=10, guidance=5.0, resolution=32, generator=torch.Generator().manual_seed(0))
+    assert score_pictures(to_pil(images), batch)["text_fidelity"] >= 0.9

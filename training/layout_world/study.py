@@ -20,8 +20,10 @@ into <out>/configs/):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -158,24 +160,36 @@ def study_markdown(summary: dict) -> str:
 def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: LayoutStudyConfig = LayoutStudyConfig(),
           base: str | Path = SHIPPED_LAYOUT_BASE) -> dict:
     out, base = Path(out), Path(base)
-    shards = sorted((out / "shards").glob("layout_world-*.tar")) or write_layout_world_shards(
-        out / "shards", cfg.train_scenes, seed=0)
+    timings_path = out / "timings.json"
+    # seconds per part; a part an interrupted study already finished keeps the time it took then
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+
+    def timed(name: str, fn, *args):
+        start = time.time()
+        result = fn(*args)
+        timings.setdefault(name, round(time.time() - start, 1))
+        write_json(timings, timings_path)
+        return result
+
+    shards = sorted((out / "shards").glob("layout_world-*.tar"))
+    if not shards:
+        shards = timed("data", write_layout_world_shards, out / "shards", cfg.train_scenes, 0)
     segmenter = out / "segmenter"
     if not (segmenter / "config.json").is_file():
-        train_segmenter(segmenter, cfg.segmenter_steps)
-    learned = _train(planner_config(out, shards, cfg, True), out / "configs" / "planner.toml")
-    bare = _train(planner_config(out, shards, cfg, False), out / "configs" / "planner_without_mentions.toml")
+        timed("segmenter", train_segmenter, segmenter, cfg.segmenter_steps)
+    learned = timed("planner", _train, planner_config(out, shards, cfg, True), out / "configs" / "planner.toml")
+    bare = timed("planner_without_mentions", _train, planner_config(out, shards, cfg, False),
+                 out / "configs" / "planner_without_mentions.toml")
     per_seed = {}
     for seed in seeds:
         folder = out / f"seed_{seed}"
-        nets = {
-            "plain": _train(controlnet_config(folder, shards, cfg, base, seed, None),
-                            folder / "configs" / "controlnet.toml"),
-            "supervised": _train(controlnet_config(folder, shards, cfg, base, seed, segmenter),
-                                 folder / "configs" / "controlnet_supervised.toml"),
-        }
-        per_seed[seed] = evaluate(base, nets, folder / "eval", learned=learned, learned_without_mentions=bare,
-                                  settings=replace(cfg.eval, noise_seed=seed))
+        nets = {}
+        for key, seg in (("plain", None), ("supervised", segmenter)):
+            table = controlnet_config(folder, shards, cfg, base, seed, seg)
+            nets[key] = timed(f"seed_{seed}/controlnet_{key}", _train, table,
+                              folder / "configs" / f"controlnet_{key}.toml")
+        per_seed[seed] = timed(f"seed_{seed}/evaluation", evaluate, base, nets, folder / "eval", learned, bare,
+                               replace(cfg.eval, noise_seed=seed))
         write_json(per_seed[seed], folder / "eval" / "results.json")
     summary = {
         "seeds": list(seeds),
@@ -183,6 +197,7 @@ def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: LayoutSt
         "planners": aggregate(per_seed, "planners", PLANNER_COLUMNS),
         "prompts": cfg.eval.prompts,
         "config": asdict(cfg),
+        "seconds": timings,
         "command": " ".join(["python", "-m", "training.layout_world.study", *sys.argv[1:]]),
     }
     write_json(summary, out / "study.json")
