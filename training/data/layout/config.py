@@ -9,6 +9,18 @@ from ...typed_tables import ConfigTypeError, from_table
 SOURCES = ("procedural", "coco_stuff", "shards")
 
 
+def _typed_data_table(cls, data: dict):
+    """The `[data]` table as `cls` (a single shard path may be given as a string); batch_size must be set."""
+    data = dict(data)
+    if isinstance(data.get("shards"), str):
+        data["shards"] = [data["shards"]]
+    config = from_table(cls, data, "[data]")
+    if config.batch_size < 1:
+        raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
+                              "per micro-step)")
+    return config
+
+
 @dataclass(frozen=True)
 class LayoutDataConfig:
     batch_size: int = 0               # required: samples per rank per micro-step
@@ -28,13 +40,7 @@ class LayoutDataConfig:
 
     @classmethod
     def from_table(cls, data: dict) -> LayoutDataConfig:
-        data = dict(data)
-        if isinstance(data.get("shards"), str):
-            data["shards"] = [data["shards"]]
-        config = from_table(cls, data, "[data]")
-        if config.batch_size < 1:
-            raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
-                                  "per micro-step)")
+        config = _typed_data_table(cls, data)
         if config.source not in SOURCES:
             raise ConfigTypeError(f"[data] source = {config.source!r}: expected procedural | coco_stuff | shards")
         for key in {"coco_stuff": ("captions", "labels"), "shards": ("shards",)}.get(config.source, ()):
@@ -59,13 +65,7 @@ class ControlNetDataConfig:
 
     @classmethod
     def from_table(cls, data: dict) -> ControlNetDataConfig:
-        data = dict(data)
-        if isinstance(data.get("shards"), str):
-            data["shards"] = [data["shards"]]
-        config = from_table(cls, data, "[data]")
-        if config.batch_size < 1:
-            raise ConfigTypeError(f"[data] batch_size = {config.batch_size}: expected at least 1 (samples per rank "
-                                  "per micro-step)")
+        config = _typed_data_table(cls, data)
         if not config.shards:
             raise ConfigTypeError("[data] shards is empty: the ControlNet stage needs layout shards with pictures "
                                   "(write them with python -m training.layout_world.shards)")
