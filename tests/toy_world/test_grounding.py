@@ -53,3 +53,15 @@ def test_toy_stage3_with_grounding_gives_a_finite_term_with_gradient(tmp_path):
     train_run(cfg)  # one optimiser step through the trainer, the term logged
     logged = json.loads((tmp_path / "stage3" / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(logged["loss/semantic/grounding"]) and logged["loss/semantic/grounding"] > 0
+
+
+def test_side_attention_scores_own_and_swapped_masks(tmp_path):
+    from training.toy_world.grounding import side_attention
+
+    cfg = ToyRunConfig(batch_size=8).with_grounding(1.0)
+    table = _table(tmp_path, cfg)
+    table["semantic"]["grounding_pixel_weight"] = 0.0  # the token term alone: (1 - share inside the mask)^2
+    result = side_attention(table, draws=1)
+    assert set(result) == {"own", "swapped", "uniform"}
+    assert all(0.0 < v < 1.0 for v in result.values()), result
+    assert result["own"] != result["swapped"]  # the masks were swapped, so the two terms differ

@@ -27,6 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from training.evaluation.report import write_json
 
@@ -115,6 +116,85 @@ def gradient_check(table: dict) -> dict:
         "entities": sum(entities),
         "grad_norm": norms,
     }
+
+
+def side_attention(table: dict, draws: int = 4) -> dict[str, float]:
+    """Where a stage-3 model's 4 x 4 cross-attention puts each of two image-given subjects, on the two-subject scenes of
+    `table`'s shards, prompted as the evaluation prompts them ("a <i> next to a <i> ...", white cut-outs, no null
+    condition): the grounding token term (1 - share of the entity's attention inside its mask)^2 against its own
+    mask and against the other subject's (`swapped`), mean over entities, maps and `draws` noise draws. Equal
+    values mean the attention does not tell the sides apart; the table's [semantic] must have token weight 1 and
+    pixel weight 0, so that the term is the token term alone."""
+    from training.stages import STAGES
+    from training.train_config import config_from_dict
+
+    table = {**table, "model": {**table["model"], "cond_dropout": 0.0},
+             "data": {**table["data"], "drop_entity_word_prob": 1.0, "cutout_prob": 1.0}}
+    cfg = config_from_dict(table)
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, torch.device("cpu")).eval()
+    semantic = model.frozen["semantic"]
+    batch = next(iter(stage.build_dataloader(cfg, model, 0, 1)))
+    if any(len(idx) != 2 for idx in batch["entity_token_index"]):
+        raise ValueError("side_attention needs shards of two-subject scenes only (pair_prob=1)")
+    swapped = {**batch, "entity_masks": [m.flip(0) for m in batch["entity_masks"]]}
+    values: dict[str, list[float]] = {"own": [], "swapped": []}
+    original = semantic.losses
+
+    def both(**kwargs):  # the swapped masks first: losses() empties the recorded maps
+        values["swapped"].append(float(semantic._grounding({**swapped, "cond_dropped": None}, kwargs["noise_pred"])))
+        out = original(**kwargs)
+        values["own"].append(float(out["semantic/grounding"]))
+        return out
+
+    semantic.losses = both
+    try:
+        with torch.no_grad():
+            for draw in range(draws):
+                torch.manual_seed(1000 + draw)
+                model(batch)
+    finally:
+        semantic.losses = original
+    out = {k: sum(v) / len(v) for k, v in values.items()}
+    # What attention spread evenly over the map would score: its share inside a mask is the mask's mean.
+    uniform = [(1 - float(F.adaptive_avg_pool2d(m[None].float(), side).mean())) ** 2
+               for side in semantic.cfg.grounding_sizes for masks in batch["entity_masks"] for m in masks]
+    return out | {"uniform": sum(uniform) / len(uniform)}
+
+
+def side_attention_table(study_seed: Path, scenes: Path, export: Path, count: int) -> dict:
+    """The stage-3 config side_attention reads: `export` as the model, `count` two-subject scenes in one batch."""
+    cfg = study_config(study_seed).with_grounding(1.0)
+    cfg = replace(cfg, stage3_semantic=replace(cfg.stage3_semantic, grounding_pixel_weight=0.0))
+    table = stage3_table(study_seed, scenes.parent / "unused", cfg)
+    return {**table, "model": {**table["model"], "init": str(export)},
+            "data": {**table["data"], "batch_size": count,
+                     "sources": [{"kind": "compositional", "shards": str(scenes)}]}}
+
+
+def sides(study_dir: str | Path, grounded_dir: str | Path, seeds: tuple[int, ...], count: int = 64) -> dict:
+    """side_attention of every seed's plain (the study's) and grounded stage-3 model on `count` two-subject scenes
+    drawn with a seed no training set uses; writes <grounded_dir>/side_attention.json."""
+    from .shards import write_compositional_shards
+
+    study_dir, grounded_dir = Path(study_dir), Path(grounded_dir)
+    scenes = grounded_dir / "side_attention_scenes"
+    if not scenes.is_dir():
+        write_compositional_shards(scenes, count, 99, pair_prob=1.0, per_shard=count)
+    result = {}
+    for seed in seeds:
+        study_seed = study_dir / f"seed_{seed}"
+        result[seed] = {
+            run: side_attention(side_attention_table(study_seed, scenes, export, count))
+            for run, export in (("plain", study_seed / "stage3" / "export.safetensors"),
+                                ("grounded", grounded_dir / f"seed_{seed}" / "stage3" / "export.safetensors"))}
+        log.info("seed %d: %s", seed, result[seed])
+    summary = {"per_seed": result, "scenes": count,
+               "mean": {run: {k: mean_and_se([result[s][run][k] for s in seeds]) for k in ("own", "swapped")}
+                        for run in ("plain", "grounded")},
+               "command": " ".join(["python", "-m", "training.toy_world.grounding", *sys.argv[1:]])}
+    write_json(summary, grounded_dir / "side_attention.json")
+    return summary
 
 
 def compare(study_dir: str | Path, out: str | Path, weight: float, seeds: tuple[int, ...] | None = None,
@@ -237,6 +317,11 @@ def markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.toy_world.grounding", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sides_parser = sub.add_parser("sides", help="where each model's attention puts the two subjects")
+    sides_parser.add_argument("--study", required=True, help="the study folder (plain stage 3)")
+    sides_parser.add_argument("--grounded", required=True, help="the compare --out folder (grounded stage 3)")
+    sides_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_thread_option(sides_parser)
     for name in ("check", "compare"):
         p = sub.add_parser(name)
         p.add_argument("--study", required=True, help="a training.toy_world.study output folder (only read)")
@@ -257,6 +342,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
+    if args.command == "sides":
+        summary = sides(args.study, args.grounded, tuple(args.seeds))
+        sys.stdout.write(json.dumps(summary["mean"], indent=2) + "\n")
+        return
     sizes = None if args.sizes is None else tuple(args.sizes)
     if args.command == "check":
         seed_dir = Path(args.study) / f"seed_{args.seed}"
