@@ -2,6 +2,7 @@
 
     python -m training.toy_world.grounding check --study runs/toy_study --seed 0 --weight 1      # one batch, seconds
     python -m training.toy_world.grounding compare --study runs/toy_study --out runs/grounding --weight W
+    python -m training.toy_world.grounding sides --study runs/toy_study --grounded runs/grounding
 
 `check` builds stage 3 with grounding from a study seed's stage-2 export and data and runs one batch: the grounding
 term, whether AlignerNet's hooks are attached and which U-Net maps were recorded, and the gradient norm each term
@@ -14,6 +15,9 @@ and evaluates it as the study did (`evaluate.evaluate_run`: the same prompts, re
 `<out>/seed_<k>/` (configs/stage3.toml, stage3/, eval/) and `<out>/grounding.json` / `grounding.md`: plain (the
 study's own results.json) against grounded, mean +- SE over the seeds (`study.aggregate`) and the paired per-seed
 difference. Resumable like the toy run: a seed whose export exists is only evaluated again.
+
+`sides` measures, for the plain and the grounded stage-3 model of every seed, where the attention puts each of two
+subjects (`side_attention`), and writes `<grounded>/side_attention.json`. Measured results: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -166,7 +170,7 @@ def side_attention_table(study_seed: Path, scenes: Path, export: Path, count: in
     """The stage-3 config side_attention reads: `export` as the model, `count` two-subject scenes in one batch."""
     cfg = study_config(study_seed).with_grounding(1.0)
     cfg = replace(cfg, stage3_semantic=replace(cfg.stage3_semantic, grounding_pixel_weight=0.0))
-    table = stage3_table(study_seed, scenes.parent / "unused", cfg)
+    table = stage3_table(study_seed, scenes.parent / "unused", cfg)  # nothing is trained: out_dir is never written
     return {**table, "model": {**table["model"], "init": str(export)},
             "data": {**table["data"], "batch_size": count,
                      "sources": [{"kind": "compositional", "shards": str(scenes)}]}}
