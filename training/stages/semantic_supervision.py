@@ -139,6 +139,9 @@ def install_recorders(unet, store: _Store, sizes: tuple[int, ...]) -> int:
     return n
 
 
+PIXEL_CLAMP = 1e-3
+
+
 def grounding_loss(attn: Tensor, slot_weights: Tensor, mask: Tensor, *, token_weight: float = 1.0,
                    pixel_weight: float = 0.5, eps: float = 1e-8) -> Tensor:
     """One entity on one attention map.
@@ -154,7 +157,11 @@ def grounding_loss(attn: Tensor, slot_weights: Tensor, mask: Tensor, *, token_we
     inside = (a * m).sum() / (a.sum() + eps)
     loss = token_weight * (1.0 - inside) ** 2
     if pixel_weight:
-        a_norm = (a / (a.max().detach() + eps)).clamp(eps, 1 - eps)
+        # The max-scaled map is exactly 1 at its peak, where BCE's gradient (x - y) / (x (1 - x)) has no bound when
+        # the peak lies outside the mask; 1 - eps rounds to 1 in fp32, so clamping there let 1e10 gradients through
+        # (measured on the toy world). Clamped into [PIXEL_CLAMP, 1 - PIXEL_CLAMP] instead, the peak gets no pixel
+        # gradient (the token term still moves its mass) and every other position at most about 1 / PIXEL_CLAMP.
+        a_norm = (a / (a.max().detach() + eps)).clamp(PIXEL_CLAMP, 1 - PIXEL_CLAMP)
         loss = loss + pixel_weight * F.binary_cross_entropy(a_norm, (m > 0.5).to(a_norm.dtype))
     return loss
 

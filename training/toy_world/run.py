@@ -25,6 +25,7 @@ import torch
 
 from training.cli import setup_logging
 from training.evaluation.report import write_json
+from training.stages.semantic_supervision import SemanticConfig
 
 from . import toml_writer
 from .base_model import BaseModelConfig, train_base_model
@@ -54,6 +55,9 @@ class ToyRunConfig:
     # out what stage 1 taught the MLLM (measured: image-prompt subject fidelity 0.225, no better than text only).
     # 1e-4 is close to the square-root batch scaling of 1e-3 (1.25e-4) and keeps the official trainable set.
     stage3_lr: float = 1e-4
+    # Stage 3's `[semantic]` table (the default, weight 0, writes none: plain stage 3). With grounding, the map sizes
+    # must be the toy U-Net's: its latents are 4 x 4, so SemanticConfig's default [16, 32] would record nothing.
+    stage3_semantic: SemanticConfig = field(default_factory=SemanticConfig)
     # two images per (subject, place) pair: 200 per condition, so two standard errors of a fidelity are about 0.07;
     # 200 two-subject prompts (400 subjects to place)
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(repeats=2, two_entity=200))
@@ -75,6 +79,17 @@ class ToyRunConfig:
                    stage1_steps=2, stage2_steps=2, stage3_steps=2,
                    eval=EvalSettings(steps=2, batch=100, pairs=10, two_entity=4, chart=False))
 
+
+    def with_grounding(self, weight: float, sizes: tuple[int, ...] | None = None) -> ToyRunConfig:
+        """This run with stage 3's TokenCompose-style grounding loss at `weight` (semantic_supervision.py)."""
+        return replace(self, stage3_semantic=SemanticConfig(
+            grounding_weight=weight, grounding_sizes=TOY_GROUNDING_SIZES if sizes is None else tuple(sizes)))
+
+
+# The toy U-Net's cross-attention maps have side 4 (32 px images, x8 VAE: its down block and two up-block layers) and
+# 2 (the mid block, where each half of a two-subject scene is a single column of cells): the 4 x 4 maps are the
+# finest it has, the ones where a 12 px subject covers more than one cell.
+TOY_GROUNDING_SIZES = (4,)
 
 PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRunConfig.smoke}
 
@@ -119,10 +134,12 @@ def stage_config(stage: str, out: Path, cfg: ToyRunConfig, init: Path, sources: 
         table["sd15"] = {"path": str(out / "base"), "gradient_checkpointing": False}
     if stage == "stage3":
         table["sd15"]["resolution"] = cfg.base.image_size
+        if cfg.stage3_semantic.enabled:
+            table["semantic"] = asdict(cfg.stage3_semantic)
     return table
 
 
-def _train(stage: str, out: Path, table: dict) -> Path:
+def train_stage(stage: str, out: Path, table: dict) -> Path:
     from training.train import run as train_run
     from training.train_config import load_config
 
@@ -182,7 +199,7 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
         if export.is_file():
             log.info("%s: %s exists, skipped", stage, export)
             return export
-        return timed(stage, _train, stage, out, stage_config(stage, out, cfg, init, sources, steps, lr))
+        return timed(stage, train_stage, stage, out, stage_config(stage, out, cfg, init, sources, steps, lr))
 
     s1 = train("stage1", init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr)
     s2 = train("stage2", s1, [captions], cfg.stage2_steps, cfg.stage2_lr)
@@ -226,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(about a minute) (default full)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
     add_thread_option(parser)
+    parser.add_argument("--grounding-weight", type=float, default=0.0,
+                        help="stage 3 with the attention grounding loss at this weight, on the 4 x 4 maps (default 0: "
+                             "plain stage 3)")
     parser.add_argument("--kosmos-tokenizer", default=None,
                         help="folder with the real sentencepiece.bpe.model + dict.txt (default: train a toy one)")
     parser.add_argument("--base", default=None, help="reuse a trained toy base model folder instead of training one")
@@ -233,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     set_threads(args.threads)
     cfg = replace(PRESETS[args.preset](), seed=args.seed)
+    if args.grounding_weight:
+        cfg = cfg.with_grounding(args.grounding_weight)
     results = run(args.out, cfg, args.kosmos_tokenizer, args.base)
     sys.stdout.write((Path(args.out) / "eval" / "results.md").read_text(encoding="utf-8"))
     del results
