@@ -18,9 +18,10 @@ Config tables it reads (everything else is the shared trainer's):
 * [data] (typed: training.data.layout.ControlNetDataConfig): batch_size, shards, palette, caption_dropout.
 * [semantic]: training/stages/semantic_supervision.py; its segmentation term is given the batch's label map.
 
-The export is one .safetensors file: the ControlNet's weights (fp16 by default) with its diffusers config in the
-metadata, so `load_controlnet` rebuilds exactly the trained model; ComfyUI's ControlNet loader reads the same file
-(diffusers key names).
+The export is one .safetensors file: the ControlNet's weights (fp16 by default, diffusers key names) with its
+diffusers config in the metadata, so `load_controlnet` rebuilds exactly the trained model. ComfyUI's ControlNet loader
+infers the U-Net architecture from the weights and knows only the SD families: the layout world's tiny ControlNets do
+not load there (measured with ComfyUI v0.33.0: it finds no U-Net config); an SD1.5-sized one is untested in ComfyUI.
 """
 
 from __future__ import annotations
