@@ -1,5 +1,5 @@
 """The toy world's stage 3 with the attention grounding loss (training/toy_world/grounding.py): the config builds, the
-hooks are attached, the 4 x 4 maps are recorded, and one batch gives a finite grounding term whose gradient reaches
+hooks are attached, the 4 x 4 maps of the test world's base (the first, x8 toy base) are recorded, and one batch gives a finite grounding term whose gradient reaches
 every trainable part of KOSMOS-G; the trainer takes one step with it. Runs on tests/data/toy_world (seconds)."""
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def test_plain_toy_stage3_writes_no_semantic_table(tmp_path):
 def test_toy_stage3_with_grounding_gives_a_finite_term_with_gradient(tmp_path):
     from training.toy_world import toml_writer
 
-    table = _table(tmp_path, ToyRunConfig(batch_size=4).with_grounding(0.5))
+    assert ToyRunConfig().with_grounding(0.5).stage3_semantic.grounding_sizes == (8,)  # the shipped base's 8 x 8
+    table = _table(tmp_path, ToyRunConfig(batch_size=4).with_grounding(0.5, sizes=(4,)))
     # the TOML the toy run hands to the trainer carries the table, with the toy U-Net's map size
     cfg = load_config(toml_writer.write(table, tmp_path / "stage3.toml"))
     assert cfg.semantic["grounding_weight"] == 0.5 and cfg.semantic["grounding_sizes"] == [4]
@@ -58,7 +59,7 @@ def test_toy_stage3_with_grounding_gives_a_finite_term_with_gradient(tmp_path):
 def test_side_attention_scores_own_and_swapped_masks(tmp_path):
     from training.toy_world.grounding import side_attention
 
-    cfg = ToyRunConfig(batch_size=8).with_grounding(1.0)
+    cfg = ToyRunConfig(batch_size=8).with_grounding(1.0, sizes=(4,))
     table = _table(tmp_path, cfg)
     table["semantic"]["grounding_pixel_weight"] = 0.0  # the token term alone: (1 - share inside the mask)^2
     result = side_attention(table, draws=1)

@@ -123,7 +123,7 @@ def gradient_check(table: dict) -> dict:
 
 
 def side_attention(table: dict, draws: int = 4) -> dict[str, float]:
-    """Where a stage-3 model's 4 x 4 cross-attention puts each of two image-given subjects, on the two-subject scenes of
+    """Where a stage-3 model's finest cross-attention puts each of two image-given subjects, on the two-subject scenes of
     `table`'s shards, prompted as the evaluation prompts them ("a <i> next to a <i> ...", white cut-outs, no null
     condition): the grounding token term (1 - share of the entity's attention inside its mask)^2 against its own
     mask and against the other subject's (`swapped`), mean over entities, maps and `draws` noise draws. Equal

@@ -56,7 +56,7 @@ class ToyRunConfig:
     # 1e-4 is close to the square-root batch scaling of 1e-3 (1.25e-4) and keeps the official trainable set.
     stage3_lr: float = 1e-4
     # Stage 3's `[semantic]` table (the default, weight 0, writes none: plain stage 3). With grounding, the map sizes
-    # must be the toy U-Net's: its latents are 4 x 4, so SemanticConfig's default [16, 32] would record nothing.
+    # must be the toy U-Net's: its latents are 8 x 8, so SemanticConfig's default [16, 32] would record nothing.
     stage3_semantic: SemanticConfig = field(default_factory=SemanticConfig)
     # two images per (subject, place) pair: 200 per condition, so two standard errors of a fidelity are about 0.07;
     # 200 two-subject prompts (400 subjects to place)
@@ -79,17 +79,14 @@ class ToyRunConfig:
                    stage1_steps=2, stage2_steps=2, stage3_steps=2,
                    eval=EvalSettings(steps=2, batch=100, pairs=10, two_entity=4, chart=False))
 
-
     def with_grounding(self, weight: float, sizes: tuple[int, ...] | None = None) -> ToyRunConfig:
-        """This run with stage 3's TokenCompose-style grounding loss at `weight` (semantic_supervision.py)."""
+        """This run with stage 3's TokenCompose-style grounding loss at `weight` (semantic_supervision.py), on the
+        maps of side `sizes`. The default is the base U-Net's finest maps, the size of its latent (the toy base's
+        8 x 8: its down block and two up-block layers; the mid block's are 4 x 4), where a 12 px subject of a
+        two-subject scene covers about 3 x 3 cells."""
         return replace(self, stage3_semantic=SemanticConfig(
-            grounding_weight=weight, grounding_sizes=TOY_GROUNDING_SIZES if sizes is None else tuple(sizes)))
+            grounding_weight=weight, grounding_sizes=(self.base.latent_size,) if sizes is None else tuple(sizes)))
 
-
-# The toy U-Net's cross-attention maps have side 4 (32 px images, x8 VAE: its down block and two up-block layers) and
-# 2 (the mid block, where each half of a two-subject scene is a single column of cells): the 4 x 4 maps are the
-# finest it has, the ones where a 12 px subject covers more than one cell.
-TOY_GROUNDING_SIZES = (4,)
 
 PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRunConfig.smoke}
 
@@ -244,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
     add_thread_option(parser)
     parser.add_argument("--grounding-weight", type=float, default=0.0,
-                        help="stage 3 with the attention grounding loss at this weight, on the 4 x 4 maps (default 0: "
+                        help="stage 3 with the attention grounding loss at this weight, on the 8 x 8 maps (default 0: "
                              "plain stage 3)")
     parser.add_argument("--kosmos-tokenizer", default=None,
                         help="folder with the real sentencepiece.bpe.model + dict.txt (default: train a toy one)")

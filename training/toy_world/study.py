@@ -90,14 +90,36 @@ def study_markdown(summary: dict) -> str:
     )
 
 
+def _worker_init(threads: int) -> None:
+    """A seed's process: its own log lines, tagged with the process, and `threads` torch threads."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+
+
 def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunConfig | None = None,
-          base: str | Path | None = SHIPPED_BASE, kosmos_tokenizer: str | Path | None = None) -> dict:
+          base: str | Path | None = SHIPPED_BASE, kosmos_tokenizer: str | Path | None = None, jobs: int = 1,
+          threads: int | None = None) -> dict:
+    """Every seed's run, then the summary. With `jobs` > 1 the seeds run in that many processes at once, each with
+    `threads` torch threads: on a few cores, several one-thread runs of these small models keep the cores busier than
+    one run on all of them (a seed's numbers depend on its thread count, not on what runs beside it)."""
     out = Path(out)
     cfg = cfg or ToyRunConfig.full()
     per_seed = {}
-    for seed in seeds:
-        log.info("seed %d of %s", seed, list(seeds))
-        per_seed[seed] = run(out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads or 1,)) as pool:
+            futures = {seed: pool.submit(run, out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
+                       for seed in seeds}
+            per_seed = {seed: future.result() for seed, future in futures.items()}
+    else:
+        for seed in seeds:
+            log.info("seed %d of %s", seed, list(seeds))
+            per_seed[seed] = run(out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
     first = per_seed[seeds[0]]["conditions"]["after_stage3_image"]
     summary = {
         "seeds": list(seeds),
@@ -127,10 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", default=str(SHIPPED_BASE),
                         help="frozen base model folder shared by every seed (default: the shipped one)")
     add_thread_option(parser)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, each in its own process with --threads threads (default 1: one "
+                             "after the other; --jobs 3 --threads 1 on a 2-core CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
-    summary = study(args.out, tuple(args.seeds), PRESETS[args.preset](), args.base)
+    summary = study(args.out, tuple(args.seeds), PRESETS[args.preset](), args.base, jobs=args.jobs,
+                    threads=args.threads)
     sys.stdout.write(study_markdown(summary))
 
 
