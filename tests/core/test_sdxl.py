@@ -96,6 +96,9 @@ def test_official_size_sdxl_variant():
     assert "aligner.pooled_head.proj.bias" not in shapes  # as bigG's text_projection
     assert shapes["aligner.decoder.layers.0.encoder_attn.k_proj.weight"] == (768, 2048)
     assert detect_config(shapes) == KosmosGConfig.sdxl().with_decoder()
+    with torch.device("meta"):
+        without_n = KosmosG(KosmosGConfig.sdxl())
+    assert sum(p.numel() for p in without_n.parameters()) == 1_887_837_696 + head_params == 1_894_726_400
     assert KosmosGConfig.sdxl().condition_shape == (77, 2048)
     assert PRESETS["sdxl"] == KosmosGConfig.sdxl() and PRESETS["tiny_sdxl"] == KosmosGConfig.tiny_sdxl()
 

@@ -363,6 +363,31 @@ def test_sdxl_conditioning_is_what_comfyui_s_sdxl_text_encoders_give(comfy_serve
     assert "SDXL conditioning (77 x 2048 context + 1280 pooled)" in comfy_server.log()
 
 
+def test_encode_size_inputs_are_clip_text_encode_sdxl_s(comfy_server):
+    """KOSMOS-G Encode's size inputs have CLIP Text Encode (SDXL)'s names, order, defaults and bounds, and are
+    advanced inputs (they do nothing with an SD1.5 file)."""
+    info = comfy_server.get("/object_info")
+    ours, stock = info["KosmosGEncode"]["input"]["optional"], info["CLIPTextEncodeSDXL"]["input"]["required"]
+    names = ["width", "height", "crop_w", "crop_h", "target_width", "target_height"]
+    assert [n for n in info["KosmosGEncode"]["input_order"]["optional"] if n in names] == names
+    for name in names:
+        assert ours[name][0] == stock[name][0] == "INT"
+        for key in ("default", "min", "max"):
+            assert ours[name][1][key] == stock[name][1][key], (name, key)
+        assert ours[name][1]["advanced"] is True
+
+
+def test_an_sd15_file_ignores_the_size_inputs(comfy_server):
+    """With an SD1.5 file, KOSMOS-G Encode gives what it always gave: (1, 77, 768) and an empty dict, whatever the
+    SDXL size inputs say."""
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGEncode")["inputs"].update(width=640, height=480, crop_w=8, crop_h=8)
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    for info in (entry["outputs"]["950"]["a"][0], entry["outputs"]["950"]["b"][0]):
+        assert info["shape"] == [1, 77, 768] and info["keys"] == [] and info["sizes"] == {}
+
+
 def _size_embedding(values: list[int]) -> list[float]:
     """SDXL's size part of the ADM input: each value through a 256-d sinusoidal embedding ([cos | sin], frequencies
     10000^(-i/128); comfy's timestep_embedding), in encode_adm's order."""
