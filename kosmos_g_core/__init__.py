@@ -4,6 +4,8 @@
     model = kg.load_checkpoint("kosmos-g.safetensors", dtype=torch.float16, device="cuda")
     prompt = kg.InterleavedPrompt.from_text("<i> wearing <i>", [dog, hat])
     cond, uncond = model.encode(prompt)  # (1, 77, 768) each, for an SD1.5 U-Net
+    # An SDXL file (model.config.pooled_dim == 1280): cond/uncond are (1, 77, 2048) contexts, and
+    # model.pooled(cond) / model.pooled(uncond) their (1, 1280) pooled vectors.
 
 This package never imports ComfyUI; `nodes/` adapts it.
 """

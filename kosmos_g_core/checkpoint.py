@@ -4,7 +4,9 @@ Layout: model tensors under the official fairseq key names (the tied `output_pro
 tokenizer files as uint8 tensors `tokenizer.sentencepiece_model` and `tokenizer.dict`, and metadata
 `{"format": "kosmos_g", "format_version": "2", "config": <json>}`. The stored config is the whole architecture, head
 counts included: on load it is checked against the tensor shapes (`shape_mismatches`) and used as is, so a file loads
-back to the model that wrote it. Version 1 files stored head counts derived as one per 64 channels, which is also how
+back to the model that wrote it. An SDXL file is the same format with the AlignerNet's SDXL heads among its tensors
+(`aligner.context_proj.*`, `aligner.pooled_head.*`) and their widths in the config; the variant is told by those
+tensors, never by the file name. Version 1 files stored head counts derived as one per 64 channels, which is also how
 they were always loaded; a file without a config gets the same assumption, with a logged note.
 
 Reading and writing go straight between the file and the tensors' memory: a load builds the model on the meta
@@ -98,6 +100,17 @@ def heads_text(config: KosmosGConfig) -> str:
     """The head counts of a config, for log lines: 'vision 16, MLLM 32, connector 32, AlignerNet 12'."""
     text = f"vision {config.vision.heads}, MLLM {config.mllm.heads}, connector {config.connector.heads}"
     return text + (f", AlignerNet {config.aligner.heads}" if config.aligner is not None else "")
+
+
+def conditioning_text(config: KosmosGConfig) -> str:
+    """What a config conditions, for log lines and messages: 'SD1.5 conditioning (77 x 768)', 'SDXL conditioning
+    (77 x 2048 context + 1280 pooled)' or 'MLLM only: no AlignerNet'."""
+    if config.aligner is None:
+        return "MLLM only: no AlignerNet"
+    queries, width = config.condition_shape
+    if config.aligner.is_sdxl:
+        return f"SDXL conditioning ({queries} x {width} context + {config.aligner.pooled_dim} pooled)"
+    return f"SD1.5 conditioning ({queries} x {width})"
 
 
 def _stored_config(path: Path, metadata: Mapping[str, str]) -> KosmosGConfig | None:
@@ -206,8 +219,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None,
                                                          _read_bytes(f, entries[TOKENIZER_DICT_KEY]))
         except (ValueError, RuntimeError, OSError) as e:
             raise CheckpointError(f"{path}: the embedded tokenizer is unreadable ({e})") from None
-    log.info("Loaded KOSMOS-G from %s (%s, %s%s)", path, dtype, device,
-             "" if config.aligner else ", MLLM only: no AlignerNet")
+    log.info("Loaded KOSMOS-G from %s (%s, %s, %s)", path, dtype, device, conditioning_text(config))
     return model.eval()
 
 

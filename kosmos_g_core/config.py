@@ -75,7 +75,14 @@ class ConnectorConfig:
 
 @dataclass(frozen=True)
 class AlignerConfig:
-    """AlignerNet: encoder M (MLLM states -> 77 x 768 SD1.5 CLIP-text space) and, for stage 2, decoder N."""
+    """AlignerNet: encoder M (MLLM states -> 77 x 768 SD1.5 CLIP-text space) and, for stage 2, decoder N.
+
+    The SDXL variant adds two output heads on M (and nothing else): `context_dim` is the width of SDXL's
+    cross-attention context (2048: CLIP-L's 768 and OpenCLIP bigG's 1280 penultimate states, concatenated), to which
+    M's `dim`-wide tokens are projected; `pooled_dim` is the width of SDXL's pooled text vector (1280, bigG's
+    projected end-of-text state), made by a pooled head reading that context. Both None is the official SD1.5
+    AlignerNet, whose `dim`-wide output is the context itself. Both are read from tensor shapes.
+    """
 
     dim: int = 768
     heads: int = 12
@@ -85,9 +92,30 @@ class AlignerConfig:
     num_queries: int = 77
     max_positions: int = 32768
     with_decoder: bool = False  # AlignerNet N, only needed to train stage 2
+    context_dim: int | None = None  # SDXL: M's tokens projected to this width (2048); None: the output is `dim` wide
+    pooled_dim: int | None = None  # SDXL: the pooled head's width (1280); None: no pooled vector (SD1.5)
 
     def __post_init__(self) -> None:
         _check_heads("AlignerNet", self.dim, self.heads)
+        if (self.context_dim is None) != (self.pooled_dim is None):
+            raise ValueError(
+                f"AlignerNet has context_dim={self.context_dim!r} and pooled_dim={self.pooled_dim!r}: the SDXL output "
+                "heads (context projection and pooled head) come together, so both are set or neither is"
+            )
+        for name in ("context_dim", "pooled_dim"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"AlignerNet {name} must be a positive width, got {value!r}")
+
+    @property
+    def output_dim(self) -> int:
+        """The width of M's output, the U-Net's cross-attention context: `context_dim` (SDXL) or `dim` (SD1.5)."""
+        return self.context_dim if self.context_dim is not None else self.dim
+
+    @property
+    def is_sdxl(self) -> bool:
+        """True for the SDXL variant (context projection + pooled head), False for the official SD1.5 AlignerNet."""
+        return self.pooled_dim is not None
 
     @property
     def max_tokens(self) -> int:
@@ -112,6 +140,13 @@ class KosmosGConfig:
         return cls()
 
     @classmethod
+    def sdxl(cls) -> KosmosGConfig:
+        """KOSMOS-G for SDXL: the official model and AlignerNet (same widths, depths and heads, so the official
+        recipe's stage-2 hyper-parameters carry over) with SDXL's output heads: a (B, 77, 2048) context and a
+        (B, 1280) pooled vector. Its AlignerNet must be trained against SDXL's text encoders (stages 2-3)."""
+        return cls(aligner=AlignerConfig(context_dim=2048, pooled_dim=1280))
+
+    @classmethod
     def tiny(cls) -> KosmosGConfig:
         """A few-MB model for tests. It keeps the real vocabulary (so the real tokenizer works), the 64 image slots
         and a 768-d AlignerNet output, so its conditioning fits an SD1.5-shaped U-Net."""
@@ -122,6 +157,14 @@ class KosmosGConfig:
             aligner=AlignerConfig(dim=768, heads=12, ffn_dim=256, encoder_layers=1, decoder_layers=1,
                                   max_positions=512),
         )
+
+    @classmethod
+    def tiny_sdxl(cls) -> KosmosGConfig:
+        """`tiny` with a 64-wide AlignerNet and SDXL's output heads (2048-d context, 1280-d pooled), so its
+        conditioning fits an SDXL-shaped U-Net; a few MB, for tests."""
+        tiny = cls.tiny()
+        return replace(tiny, aligner=replace(tiny.aligner, dim=64, heads=1, ffn_dim=128, context_dim=2048,
+                                              pooled_dim=1280))
 
     @property
     def image_tokens(self) -> int:
@@ -139,7 +182,12 @@ class KosmosGConfig:
     def condition_shape(self) -> tuple[int, int]:
         if self.aligner is None:
             raise ValueError("this KOSMOS-G model has no AlignerNet, so it produces no diffusion conditioning")
-        return self.aligner.num_queries, self.aligner.dim
+        return self.aligner.num_queries, self.aligner.output_dim
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """The width of the pooled vector (1280 for SDXL), or None when the model makes none (SD1.5, no AlignerNet)."""
+        return self.aligner.pooled_dim if self.aligner is not None else None
 
     def with_decoder(self, enabled: bool = True) -> KosmosGConfig:
         if self.aligner is None:
@@ -150,7 +198,14 @@ class KosmosGConfig:
         return replace(self, aligner=None)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values for the file's metadata. The SDXL heads' fields are written only when set, so an SD1.5
+        config stores exactly what it stored before they existed (and older pack versions still read it)."""
+        d = asdict(self)
+        if d["aligner"] is not None:
+            for name in _OPTIONAL_ALIGNER_FIELDS:
+                if d["aligner"][name] is None:
+                    del d["aligner"][name]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KosmosGConfig:
@@ -173,7 +228,11 @@ class KosmosGConfig:
         )
 
 
-PRESETS: dict[str, KosmosGConfig] = {"official": KosmosGConfig.official(), "tiny": KosmosGConfig.tiny()}
+# Fields added after format 2 that `to_dict` leaves out while unset (see there).
+_OPTIONAL_ALIGNER_FIELDS = ("context_dim", "pooled_dim")
+
+PRESETS: dict[str, KosmosGConfig] = {"official": KosmosGConfig.official(), "tiny": KosmosGConfig.tiny(),
+                                     "sdxl": KosmosGConfig.sdxl(), "tiny_sdxl": KosmosGConfig.tiny_sdxl()}
 
 # The fields no tensor shape determines, per config section: a file must store them (the pack's does) or they are
 # given or assumed. Every other field is read from the shapes by `detect_config`.
@@ -269,5 +328,10 @@ def detect_config(shapes: Mapping[str, Sequence[int]], *, max_positions: int | N
             num_queries=queries,
             max_positions=_shape(shapes, "aligner.encoder_proj.embed_positions.weight")[0],
             with_decoder="aligner.decoder_query" in shapes,
+            # The SDXL heads: present in an SDXL file only (AlignerNet.context_proj / .pooled_head).
+            context_dim=_shape(shapes, "aligner.context_proj.weight")[0] if "aligner.context_proj.weight" in shapes
+            else None,
+            pooled_dim=_shape(shapes, "aligner.pooled_head.proj.weight")[0]
+            if "aligner.pooled_head.proj.weight" in shapes else None,
         )
     return KosmosGConfig(vision=vision, mllm=mllm, connector=connector, aligner=aligner)

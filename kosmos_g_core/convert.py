@@ -49,8 +49,9 @@ def _describe(config: KosmosGConfig) -> str:
     if a is None:
         return text + "no AlignerNet (MLLM only)"
     n = f" + N ({a.decoder_layers} layers)" if a.with_decoder else ""
+    sdxl = f", SDXL heads ({a.context_dim}-d context, {a.pooled_dim}-d pooled)" if a.is_sdxl else ""
     return (text + f"AlignerNet M {a.encoder_layers}+{a.decoder_layers} layers x {a.dim}, {a.heads} heads, "
-            f"{a.num_queries} queries{n}")
+            f"{a.num_queries} queries{sdxl}{n}")
 
 
 def validate_state_dict(state: Mapping[str, torch.Tensor], source: str | Path,

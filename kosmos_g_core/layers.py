@@ -98,14 +98,17 @@ class TransformerLayer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, *, cross_attention: bool = False, dropout: float = 0.0,
-                 attention_dropout: float = 0.0, dtype=None, device=None, ops: Ops = nn):
+                 attention_dropout: float = 0.0, memory_dim: int | None = None, dtype=None, device=None,
+                 ops: Ops = nn):
+        """`memory_dim`: the width of what the cross-attention reads, when it is not `dim` (its k/v projections
+        then map memory_dim -> dim)."""
         super().__init__()
         f = factory(dtype, device)
         self.dropout = dropout
         self.self_attn = Attention(dim, heads, subln=True, dropout=attention_dropout, ops=ops, **f)
         self.self_attn_layer_norm = ops.LayerNorm(dim, **f)
         if cross_attention:
-            self.encoder_attn = Attention(dim, heads, dropout=attention_dropout, ops=ops, **f)
+            self.encoder_attn = Attention(dim, heads, kdim=memory_dim, dropout=attention_dropout, ops=ops, **f)
             self.encoder_attn_layer_norm = ops.LayerNorm(dim, **f)
         else:
             self.encoder_attn = None

@@ -3,6 +3,10 @@
 Module names reproduce the official fairseq model (`kosmos-g/unilm/models/kosmosg.py`), so an official state dict
 maps key for key: `gpt_model.decoder` (MLLM), `img_model.visual` (CLIP ViT), `img_connector` (resampler),
 `aligner` (AlignerNet). The diffusion parts are not here: the conditioning goes to a stock SD1.5 U-Net.
+
+The SDXL variant (an AlignerNet with SDXL's output heads, `KosmosGConfig.sdxl()`) makes SDXL's conditioning instead:
+every method below returns the (B, 77, 2048) context where the SD1.5 model returns its (B, 77, 768) one, and
+`pooled(context)` gives the (B, 1280) pooled vector of any such context (the prompt's, the null condition's).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from .vision import VisionTransformer
 
 
 class Conditioning(NamedTuple):
-    cond: torch.Tensor  # (B, 77, 768)
-    uncond: torch.Tensor  # (B, 77, 768): KOSMOS-G's own null embedding, not CLIP("")
+    cond: torch.Tensor  # (B, 77, 768); (B, 77, 2048) for SDXL, whose pooled vectors come from KosmosG.pooled
+    uncond: torch.Tensor  # (B, 77, 768) likewise: KOSMOS-G's own null embedding, not CLIP("")
 
 
 PromptLike = InterleavedPrompt | str
@@ -80,17 +84,26 @@ class KosmosG(nn.Module):
         hidden = self.mllm(tokens, image_embeds, image_mask, dtype=self.dtype)
         return (hidden, self.mllm.logits(hidden)) if return_logits else hidden
 
-    def align(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """AlignerNet M: (B, T, D) hidden states of `tokens` (B, T) -> (B, 77, 768); pads (id 1) are masked."""
+    def _require_aligner(self) -> AlignerNet:
         if self.aligner is None:
             raise RuntimeError(
                 "this KOSMOS-G model has no AlignerNet (an MLLM-only checkpoint, e.g. converted from Kosmos-2): "
                 "train stages 2 and 3 before it can condition a U-Net"
             )
-        return self.aligner(hidden, tokens.eq(self.config.mllm.pad_id))
+        return self.aligner
+
+    def align(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """AlignerNet M: (B, T, D) hidden states of `tokens` (B, T) -> (B, 77, 768) (SDXL: (B, 77, 2048)); pads
+        (id 1) are masked."""
+        return self._require_aligner()(hidden, tokens.eq(self.config.mllm.pad_id))
+
+    def pooled(self, context: torch.Tensor) -> torch.Tensor:
+        """SDXL variant: the pooled vector (B, 1280) of a context (B, 77, 2048) made by `align`, `condition` or
+        `null_condition` (SDXL's `pooled_output`). An SD1.5 model has none: RuntimeError."""
+        return self._require_aligner().pool(context.to(self.dtype))
 
     def condition(self, batch: PromptBatch) -> torch.Tensor:
-        """A collated batch of prompts -> conditioning (B, 77, 768)."""
+        """A collated batch of prompts -> conditioning (B, 77, 768) (SDXL: the (B, 77, 2048) context)."""
         batch = batch.to(self.device, self.dtype)
         embeds = self.encode_images(batch.pixels) if batch.pixels.shape[0] else None
         return self.align(self.mllm_forward(batch.tokens, embeds, batch.image_mask), batch.tokens)
@@ -106,7 +119,8 @@ class KosmosG(nn.Module):
                        image_tokens=self.config.image_tokens, max_length=self.config.max_prompt_tokens)
 
     def null_condition(self, negative: str | None = None) -> torch.Tensor:
-        """The unconditional embedding (1, 77, 768): M(MLLM([<s>])), or M(MLLM([<s>] + negative)) when given."""
+        """The unconditional embedding (1, 77, 768) (SDXL: (1, 77, 2048)): M(MLLM([<s>])), or M(MLLM([<s>] +
+        negative)) when given."""
         return self.condition(self.collate([negative_prompt(negative)]))
 
     @torch.inference_mode()

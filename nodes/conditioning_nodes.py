@@ -1,11 +1,11 @@
-"""What users reach for next to KOSMOS-G: CLIP trigger words beside it, and an SD1.5 check (imports ComfyUI)."""
+"""What users reach for next to KOSMOS-G: CLIP trigger words beside it, and a model check (imports ComfyUI)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .comfy_types import CATEGORY_CONDITIONING, CATEGORY_UTILS
-from .conditioning_ops import concat_clip, sd15_problem
+from .comfy_types import CATEGORY_CONDITIONING, CATEGORY_UTILS, KosmosGType
+from .conditioning_ops import concat_clip, model_problem, sd15_problem
 
 
 class KosmosGConcatCLIP(io.ComfyNode):
@@ -46,24 +46,35 @@ class KosmosGCheckModel(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="KosmosGCheckModel",
-            display_name="Check SD1.5 Model (KOSMOS-G)",
+            display_name="Check Model (KOSMOS-G)",
             category=CATEGORY_UTILS,
             description=(
-                "Passes the MODEL through unchanged if it takes KOSMOS-G's 768-d conditioning (Stable Diffusion 1.5 "
-                "and fine-tunes); otherwise stops with a plain explanation instead of KSampler's KeyError "
-                "'pooled_output' (SDXL) or 'mat1 and mat2 shapes cannot be multiplied' (SD2)."
+                "Passes the MODEL through unchanged if it takes the KOSMOS-G file's conditioning; otherwise stops with "
+                "a plain explanation naming both, instead of KSampler's KeyError 'pooled_output' or 'mat1 and mat2 "
+                "shapes cannot be multiplied'. Connect Load KOSMOS-G to kosmos_g to check against that file (SD1.5 "
+                "or SDXL); without it the MODEL must be Stable Diffusion 1.5 (768-d)."
             ),
-            search_aliases=["sd1.5 check", "model check"],
-            inputs=[io.Model.Input("model", tooltip="The MODEL that will be sampled with KOSMOS-G conditioning.")],
+            search_aliases=["sd1.5 check", "sdxl check", "model check"],
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL that will be sampled with KOSMOS-G conditioning."),
+                KosmosGType.Input("kosmos_g", optional=True,
+                                  tooltip="The KOSMOS-G model whose conditioning the MODEL will get (from Load "
+                                  "KOSMOS-G). Not connected: the MODEL is checked for SD1.5."),
+            ],
             outputs=[io.Model.Output(tooltip="The same MODEL.")],
         )
 
     @classmethod
-    def execute(cls, model) -> io.NodeOutput:
+    def execute(cls, model, kosmos_g=None) -> io.NodeOutput:
         config = getattr(getattr(model, "model", None), "model_config", None)
         unet_config = getattr(config, "unet_config", None) or {}
         name = type(config).__name__ if config is not None else type(model).__name__
-        problem = sd15_problem(unet_config.get("context_dim"), name)
+        if kosmos_g is None:
+            problem = sd15_problem(unet_config.get("context_dim"), name)
+        else:
+            kosmos = kosmos_g.model.config
+            problem = model_problem(unet_config.get("context_dim"), unet_config.get("adm_in_channels"), name,
+                                    kosmos.condition_shape[1], kosmos.pooled_dim, kosmos_g.name)
         if problem:
             raise ValueError(problem)
         return io.NodeOutput(model)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
 import torch
 
-from ..kosmos_g_core.checkpoint import CheckpointError, load_checkpoint, read_header
+from ..kosmos_g_core.checkpoint import CheckpointError, conditioning_text, load_checkpoint, read_header
 from ..kosmos_g_core.model import KosmosG
 from ..kosmos_g_core.prompt import check_lengths, negative_prompt
 from .load_errors import mllm_only_message, not_kosmos_message
@@ -59,6 +60,15 @@ class KosmosGEncoder(torch.nn.Module):
         self.kosmos_g = kosmos_g
 
 
+class Encoded(NamedTuple):
+    """What KosmosGModel.encode gives, on ComfyUI's intermediate device and dtype."""
+
+    cond: torch.Tensor  # (B, 77, 768), SDXL: (B, 77, 2048)
+    uncond: torch.Tensor  # the same shape: the null embedding (or the negative text's)
+    pooled: torch.Tensor | None  # SDXL: (B, 1280) of cond; SD1.5: None
+    uncond_pooled: torch.Tensor | None  # SDXL: (B, 1280) of uncond; SD1.5: None
+
+
 class KosmosGModel:
     """The value of a KOSMOS_G socket: the core model in a ModelPatcher, plus the file it came from."""
 
@@ -70,8 +80,14 @@ class KosmosGModel:
     def model(self) -> KosmosG:
         return self.patcher.model.kosmos_g
 
-    def encode(self, prompts: Prompts, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts (B of them) -> (cond, uncond), both (B, 77, 768) on the intermediate device.
+    @property
+    def is_sdxl(self) -> bool:
+        """True when the file makes SDXL conditioning (its AlignerNet has the SDXL heads), told by its tensors."""
+        return self.model.config.pooled_dim is not None
+
+    def encode(self, prompts: Prompts, negative: str = "") -> Encoded:
+        """Prompts (B of them) -> cond and uncond, both (B, 77, 768) (SDXL: (B, 77, 2048), with their (B, 1280) pooled
+        vectors), on the intermediate device.
 
         uncond is KOSMOS-G's null embedding M(MLLM([<s>])), or of [<s>] + `negative` when a negative text is given.
         """
@@ -82,8 +98,18 @@ class KosmosGModel:
         check_lengths([negative_prompt(negative)], model.tokenizer, limit, image_tokens, what="negative text")
         mm.load_models_gpu([self.patcher])
         result = model.encode(list(prompts), negative=negative or None)
+        pooled = uncond_pooled = None
+        if self.is_sdxl:
+            with torch.inference_mode():
+                pooled = model.pooled(result.cond)  # (B, 1280)
+                # uncond is one null row expanded over the batch: pool it once.
+                uncond_pooled = model.pooled(result.uncond[:1]).expand(result.uncond.shape[0], -1)
         device, dtype = mm.intermediate_device(), mm.intermediate_dtype()
-        return result.cond.to(device=device, dtype=dtype), result.uncond.to(device=device, dtype=dtype)
+
+        def out(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype).contiguous()
+
+        return Encoded(out(result.cond), out(result.uncond), out(pooled), out(uncond_pooled))
 
 
 def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
@@ -121,5 +147,6 @@ def load_kosmos_g(path: str, name: str, dtype_choice: str, folders: list[str],
     patcher = comfy.model_patcher.ModelPatcher(KosmosGEncoder(model), load_device=load_device,
                                                offload_device=offload_device)
     report(3, steps)
-    log.info("KOSMOS-G %s: %s weights, load device %s, offload device %s", name, dtype, load_device, offload_device)
+    log.info("KOSMOS-G %s: %s, %s weights, load device %s, offload device %s", name, conditioning_text(config), dtype,
+             load_device, offload_device)
     return KosmosGModel(patcher, name)

@@ -4,8 +4,8 @@
   sys.path (it would shadow ComfyUI's top-level `nodes`): the repository is mounted as a package named
   `kosmos_g_pack` whose `kosmos_g_core` is the installed core, as ComfyUI mounts it under its folder name.
 * `comfy_server` (only with COMFYUI_PATH): a real ComfyUI started on CPU in a subprocess, on 127.0.0.1 and a free
-  port, with a temporary base directory holding random SD1.5-shaped models, a tiny random KOSMOS-G file (and an
-  unconverted official-format .pt of one), the pack
+  port, with a temporary base directory holding random SD1.5- and SDXL-shaped models, tiny random KOSMOS-G files
+  for each base (and an unconverted official-format .pt of one), the pack
   (symlinked) and a probe node pack (tests/nodes/comfy_probe_nodes.py) that records U-Net batches.
 """
 
@@ -32,7 +32,9 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 PACK_NAME = "kosmos_g_pack"
 SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"
+SDXL_NAME = "sd_xl_base_1.0.safetensors"
 KOSMOS_G_NAME = "kosmos-g.safetensors"
+KOSMOS_G_SDXL_NAME = "kosmos-g-sdxl.safetensors"
 OFFICIAL_PT_NAME = "checkpoint_final.pt"
 
 
@@ -107,7 +109,20 @@ def sd15_models(tmp_path_factory, comfyui_dir, comfy_python) -> Path:
     return out
 
 
-def _save_tiny_kosmos_g(path: Path, tokenizer, with_aligner: bool = True) -> None:
+@pytest.fixture(scope="session")
+def sdxl_models(tmp_path_factory, comfyui_dir, comfy_python) -> Path:
+    """checkpoints/ and controlnet/ with random SDXL-shaped files (comfy_models.py --sdxl: ~3.8 GB fp16, about half a
+    minute), kept in KOSMOS_G_COMFY_MODELS like the SD1.5 ones."""
+    cached = os.environ.get("KOSMOS_G_COMFY_MODELS")
+    if cached and (Path(cached) / "checkpoints" / SDXL_NAME).is_file():
+        return Path(cached)
+    out = Path(cached) if cached else tmp_path_factory.mktemp("sdxl_models")
+    subprocess.run([comfy_python, str(HERE / "comfy_models.py"), str(comfyui_dir), str(out), "--sdxl"], check=True,
+                   cwd=str(comfyui_dir), timeout=600)
+    return out
+
+
+def _save_tiny_kosmos_g(path: Path, tokenizer, with_aligner: bool = True, sdxl: bool = False) -> None:
     import dataclasses
 
     import torch
@@ -115,7 +130,7 @@ def _save_tiny_kosmos_g(path: Path, tokenizer, with_aligner: bool = True) -> Non
     from kosmos_g_core import KosmosG, KosmosGConfig, save_checkpoint
 
     torch.manual_seed(0)
-    config = KosmosGConfig.tiny()
+    config = KosmosGConfig.tiny_sdxl() if sdxl else KosmosGConfig.tiny()
     if not with_aligner:
         config = dataclasses.replace(config, aligner=None)
     save_checkpoint(path, KosmosG(config).state_dict(), tokenizer, config)
@@ -181,19 +196,22 @@ class ComfyClient:
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, comfyui_dir, comfy_python, sd15_models, kosmos_tokenizer):
+def comfy_server(tmp_path_factory, comfyui_dir, comfy_python, sd15_models, sdxl_models, kosmos_tokenizer):
     base = tmp_path_factory.mktemp("comfy_base")
     models = base / "models"
     for folder in ("checkpoints", "controlnet", "loras"):
         (models / folder).mkdir(parents=True)
-        for file in (sd15_models / folder).iterdir():
-            (models / folder / file.name).symlink_to(file)
+        for source in {sd15_models, sdxl_models}:  # the same folder when KOSMOS_G_COMFY_MODELS keeps both
+            for file in (source / folder).glob("*"):
+                if not (models / folder / file.name).exists():
+                    (models / folder / file.name).symlink_to(file)
     # The layout workflows use a segmentation ControlNet: same SD1.5 ControlNet architecture, so the same random file.
     (models / "controlnet" / "control_v11p_sd15_seg_fp16.safetensors").symlink_to(
         sd15_models / "controlnet" / "control_v11p_sd15_canny_fp16.safetensors")
     kosmos_dir = models / "kosmos_g"
     kosmos_dir.mkdir()
     _save_tiny_kosmos_g(kosmos_dir / KOSMOS_G_NAME, kosmos_tokenizer)
+    _save_tiny_kosmos_g(kosmos_dir / KOSMOS_G_SDXL_NAME, kosmos_tokenizer, sdxl=True)
     _save_tiny_kosmos_g(kosmos_dir / "kosmos2-mllm-only.safetensors", kosmos_tokenizer, with_aligner=False)
     # A new user's mistake: the SD1.5 checkpoint dropped into models/kosmos_g/.
     (kosmos_dir / "sd15-in-wrong-folder.safetensors").symlink_to(sd15_models / "checkpoints" / SD15_NAME)

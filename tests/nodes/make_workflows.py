@@ -8,7 +8,7 @@ ComfyUI's /object_info (the same source the frontend uses). Run against a ComfyU
     python tests/nodes/make_workflows.py --server http://127.0.0.1:8188     # or --object-info saved.json
 
 Settings follow the paper: DPM++ 2M (`dpmpp_2m`) with the `normal` scheduler, 50 steps, CFG 7.5 (6 for editing),
-512x512. `normal` because the official KOSMOS-G pipeline samples with diffusers' DPMSolverMultistepScheduler at its
+512x512 (the SDXL workflows: 1024x1024, SDXL's size, which KOSMOS-G Encode's size conditioning also says). `normal` because the official KOSMOS-G pipeline samples with diffusers' DPMSolverMultistepScheduler at its
 defaults (DPM-Solver++, order 2, evenly spaced timesteps, no Karras sigmas); `karras` also works but is not what the
 paper's numbers were measured with.
 """
@@ -36,15 +36,20 @@ SD15 = "v1-5-pruned-emaonly-fp16.safetensors"
 KOSMOS_G = "kosmos-g.safetensors"
 CANNY = "control_v11p_sd15_canny_fp16.safetensors"
 LORA = "sd15_style_lora.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+KOSMOS_G_SDXL = "kosmos-g-sdxl.safetensors"
+SDXL_CANNY = "diffusers_xl_canny_mid.safetensors"
 MODEL_LINKS = {
     SD15: ("checkpoints", "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + SD15),
     CANNY: ("controlnet", "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/" + CANNY),
+    SDXL: ("checkpoints", "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/" + SDXL),
+    SDXL_CANNY: ("controlnet", "https://huggingface.co/lllyasviel/sd_control_collection/resolve/main/" + SDXL_CANNY),
 }
 SAMPLER = {"seed": 42, "steps": 50, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "normal", "denoise": 1.0}
 
 # Sizes of the nodes as the frontend lays them out (width, height); it re-measures on load anyway.
 SIZES = {
-    "CheckpointLoaderSimple": (315, 98), "KosmosGLoader": (315, 82), "KosmosGCheckModel": (270, 26),
+    "CheckpointLoaderSimple": (315, 98), "KosmosGLoader": (315, 82), "KosmosGCheckModel": (270, 46),
     "LoadImage": (315, 314), "KosmosGInterleavedPrompt": (400, 330), "KosmosGEncode": (400, 200),
     "KosmosGTextEncode": (400, 200), "KosmosGConcatCLIP": (320, 102), "CLIPTextEncode": (400, 200),
     "EmptyLatentImage": (315, 106), "KSampler": (315, 262), "VAEDecode": (210, 46), "SaveImage": (400, 450),
@@ -71,10 +76,10 @@ class Workflow:
 
 
 def _common(ref_id: int, sampler_pos=(1240, 100), model=(1, 0), positive=(6, 0), negative=(6, 1), cfg=7.5,
-            prefix="kosmos_g") -> list[Node]:
+            prefix="kosmos_g", size=512) -> list[Node]:
     """Latent, KSampler, decode and save; node ids 7-10."""
     return [
-        Node(7, "EmptyLatentImage", (840, 560), {"width": 512, "height": 512, "batch_size": 1}),
+        Node(7, "EmptyLatentImage", (840, 560), {"width": size, "height": size, "batch_size": 1}),
         Node(8, "KSampler", sampler_pos, {**SAMPLER, "cfg": cfg},
              {"model": model, "positive": positive, "negative": negative, "latent_image": (7, 0)}),
         Node(9, "VAEDecode", (sampler_pos[0] + 360, sampler_pos[1]), {}, {"samples": (8, 0), "vae": (ref_id, 2)}),
@@ -88,6 +93,77 @@ def _loaders() -> list[Node]:
         Node(1, "CheckpointLoaderSimple", (0, 100), {"ckpt_name": SD15}),
         Node(3, "KosmosGLoader", (0, 260), {"model_name": KOSMOS_G, "dtype": "auto"}),
     ]
+
+
+def _sdxl_loaders() -> list[Node]:
+    """SDXL checkpoint, the SDXL KOSMOS-G file, and Check Model comparing the two (node ids 1-3)."""
+    return [
+        Node(1, "CheckpointLoaderSimple", (0, 100), {"ckpt_name": SDXL}),
+        Node(3, "KosmosGLoader", (0, 260), {"model_name": KOSMOS_G_SDXL, "dtype": "auto"}),
+        Node(2, "KosmosGCheckModel", (380, 100), {}, {"model": (1, 0), "kosmos_g": (3, 0)}),
+    ]
+
+
+def _sdxl_encode() -> Node:
+    """KOSMOS-G Encode with CLIP Text Encode (SDXL)'s size conditioning at SDXL's 1024x1024 (its defaults)."""
+    return Node(6, "KosmosGEncode", (840, 260), {"negative": "", **SDXL_SIZES}, {"kosmos_g": (3, 0), "prompt": (5, 0)})
+
+
+SDXL_SIZES = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}
+_SDXL_NOTE = (
+    f"\n\nSDXL: the KOSMOS-G file must be an SDXL one (`models/kosmos_g/{KOSMOS_G_SDXL}`, trained against SDXL's "
+    "text encoders; an SD1.5 KOSMOS-G file does not fit), the checkpoint an SDXL one "
+    f"(`models/checkpoints/{SDXL}`). *Check Model* stops with a plain message if they do not match. KOSMOS-G "
+    "Encode sets SDXL's size conditioning (advanced inputs, as CLIP Text Encode (SDXL))."
+)
+
+
+def sdxl_workflows() -> list[Workflow]:
+    """The subject-driven, multi-entity and ControlNet graphs for SDXL: the SD1.5 ones with SDXL's loaders, 1024x1024
+    and an SDXL ControlNet."""
+    subject = Workflow(
+        "KOSMOS-G SDXL subject-driven generation",
+        "## KOSMOS-G for SDXL: subject-driven generation\n\nOne reference image, zero-shot: write `<i>` where the "
+        "subject goes. Swap *example.png* for a photo of your subject (a plain background works best; connect a "
+        "subject mask to paint the rest white)." + _SDXL_NOTE,
+        _sdxl_loaders() + [
+            Node(4, "LoadImage", (0, 400), {"image": "example.png"}, title="Subject image"),
+            Node(5, "KosmosGInterleavedPrompt", (380, 260), {"text": "<i> in the jungle"}, {"image_1": (4, 0)}),
+            _sdxl_encode(),
+        ] + _common(1, model=(2, 0), prefix="kosmos_g/sdxl_subject", size=1024),
+    )
+    multi = Workflow(
+        "KOSMOS-G SDXL multi-entity composition",
+        "## KOSMOS-G for SDXL: several subjects in one image\n\n`<i> wearing <i>`: image_1 fills the first `<i>`, "
+        "image_2 the second. More images: more `<i>`, image_3/image_4, an image batch, or chain a second builder "
+        "into `prompt`." + _SDXL_NOTE,
+        _sdxl_loaders() + [
+            Node(4, "LoadImage", (0, 400), {"image": "example.png"}, title="Subject (first <i>)"),
+            Node(11, "LoadImage", (0, 760), {"image": "example.png"}, title="Garment (second <i>)"),
+            Node(5, "KosmosGInterleavedPrompt", (380, 260), {"text": "<i> wearing <i>"},
+                 {"image_1": (4, 0), "image_2": (11, 0)}),
+            _sdxl_encode(),
+        ] + _common(1, model=(2, 0), prefix="kosmos_g/sdxl_multi_entity", size=1024),
+    )
+    controlnet = Workflow(
+        "KOSMOS-G SDXL with ControlNet canny",
+        "## KOSMOS-G for SDXL + ControlNet (canny)\n\nThe subject comes from the interleaved prompt, the layout from "
+        "the edges of the structure image. KOSMOS-G's positive *and* negative go through Apply ControlNet. "
+        f"ControlNet: an SDXL canny ControlNet in `models/controlnet/` (the workflow names `{SDXL_CANNY}`)."
+        + _SDXL_NOTE,
+        _sdxl_loaders() + [
+            Node(4, "LoadImage", (0, 400), {"image": "example.png"}, title="Subject image"),
+            Node(5, "KosmosGInterleavedPrompt", (380, 260), {"text": "<i> on a wooden table"}, {"image_1": (4, 0)}),
+            _sdxl_encode(),
+            Node(11, "LoadImage", (0, 760), {"image": "example.png"}, title="Structure image"),
+            Node(12, "Canny", (380, 760), {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (11, 0)}),
+            Node(13, "ControlNetLoader", (380, 640), {"control_net_name": SDXL_CANNY}),
+            Node(14, "ControlNetApplyAdvanced", (840, 760), {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+                 {"positive": (6, 0), "negative": (6, 1), "control_net": (13, 0), "image": (12, 0), "vae": (1, 2)}),
+        ] + _common(1, model=(2, 0), positive=(14, 0), negative=(14, 1), prefix="kosmos_g/sdxl_controlnet",
+                    size=1024),
+    )
+    return [subject, multi, controlnet]
 
 
 def workflows() -> list[Workflow]:
@@ -182,13 +258,15 @@ def workflows() -> list[Workflow]:
             Node(6, "KosmosGEncode", (840, 260), {"negative": ""}, {"kosmos_g": (3, 0), "prompt": (5, 0)}),
         ] + _common(1, cfg=6.0, prefix="kosmos_g/editing"),
     )
-    return [subject, multi, controlnet, lora, txt2img, editing]
+    return [subject, multi, controlnet, lora, txt2img, editing] + sdxl_workflows()
 
 
 def to_api(wf: Workflow, object_info: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for node in sorted(wf.nodes, key=lambda n: n.id):
-        inputs = dict(node.widgets)
+        # Every widget, at its default unless the spec sets it: what the frontend sends (and writes in the UI file).
+        inputs = {name: node.widgets.get(name, options.get("default"))
+                  for name, kind, options in _input_specs(object_info[node.type]) if is_widget(kind, options)}
         inputs.update({name: [str(src), slot] for name, (src, slot) in node.links.items()})
         title = node.title or object_info[node.type]["display_name"]
         out[str(node.id)] = {"inputs": inputs, "class_type": node.type, "_meta": {"title": title}}
@@ -298,7 +376,11 @@ def main() -> None:
     else:
         object_info = json.loads(args.object_info.read_text(encoding="utf-8"))
     for wf in workflows():
-        _write(args.out / f"{wf.name}.json", to_ui(wf, object_info))
+        ui = to_ui(wf, object_info)
+        existing = args.out / f"{wf.name}.json"
+        if existing.is_file():  # a shipped workflow keeps its id, so the frontend keeps knowing it as the same one
+            ui["id"] = json.loads(existing.read_text(encoding="utf-8")).get("id", ui["id"])
+        _write(existing, ui)
         _write(args.out / "api" / f"{wf.name}.json", to_api(wf, object_info))
     write_thumbnails(args.out)  # the frontend's template card image, <name>.jpg beside each UI file
 

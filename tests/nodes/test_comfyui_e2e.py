@@ -5,6 +5,11 @@ Workflows are shrunk to 64x64 and 2 steps. A probe node (comfy_probe_nodes.py) i
 MODEL input; it records every U-Net call, so the test can assert that positive and negative went through the U-Net
 together: with dpmpp_2m (one model evaluation per step) 2 steps must give exactly 2 calls, each of batch 2 (positive
 and negative; more with regional conditioning). The layout workflows of nodes/layout_nodes.py run here too.
+
+The SDXL workflows run the same way with a tiny SDXL KOSMOS-G file and random SDXL-shaped models (comfy_models.py),
+and the tests at the end compare the SDXL conditioning with what ComfyUI's own SDXL text encode nodes give, follow
+its pooled vector and size conditioning into the U-Net's ADM input, and check the messages for a file of one base
+with the other's MODEL.
 """
 
 from __future__ import annotations
@@ -295,7 +300,170 @@ def test_workflow_runs_with_one_unet_batch(comfy_server, workflow, tmp_path):
     calls = [json.loads(line) for line in probe_log.read_text().splitlines()]
     # One U-Net call per step means every conditioning entry, negative included, was in the same batch.
     assert len(calls) == STEPS, f"positive and negative were not batched together: {calls}"
+    sdxl = " SDXL " in workflow.name
     for call in calls:
         assert call["x"][0] >= 2 and call["context"][0] == call["x"][0], calls
-        assert call["context"][2] == 768, calls
+        assert call["context"][2] == (2048 if sdxl else 768), calls
         assert call["context"][1] % 77 == 0, calls
+        # SDXL's ADM input (pooled 1280 + 6 x 256 sizes) is filled from the KOSMOS-G conditioning; SD1.5 has none.
+        assert call.get("y") == ([call["x"][0], 2816] if sdxl else None), calls
+
+
+# ------------------------------------------------------------------------------------------ SDXL
+
+
+SDXL_SUBJECT = REPO_ROOT / "workflows" / "api" / "KOSMOS-G SDXL subject-driven generation.json"
+
+
+def _sdxl_base_prompt() -> dict[str, Any]:
+    """The KOSMOS-G part of the SDXL subject-driven workflow (load, image, builder, encode) ending in an info node."""
+    workflow = json.loads(SDXL_SUBJECT.read_text())
+    prompt = {k: v for k, v in workflow.items()
+              if v["class_type"] in ("KosmosGLoader", "LoadImage", "KosmosGInterleavedPrompt", "KosmosGEncode")}
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt["950"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": [encode, 0], "b": [encode, 1]}}
+    return prompt
+
+
+def test_sdxl_conditioning_is_what_comfyui_s_sdxl_text_encoders_give(comfy_server):
+    """With an SDXL file, KOSMOS-G Encode gives what CLIP Text Encode (SDXL) gives (a (1, 77, 2048) context, a
+    (1, 1280) pooled_output and the same six size values), and KOSMOS-G Text Encode what plain CLIP Text Encode with
+    the SDXL checkpoint's CLIP gives (context and pooled_output, no sizes): same keys, shapes and dtypes."""
+    prompt = _sdxl_base_prompt()
+    _node(prompt, "KosmosGEncode")["inputs"].update(width=896, height=1152, crop_w=16, crop_h=8, target_width=832,
+                                                    target_height=1216)
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGLoader")
+    prompt["960"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}
+    prompt["961"] = {"class_type": "CLIPTextEncodeSDXL", "inputs": {
+        "clip": ["960", 1], "width": 896, "height": 1152, "crop_w": 16, "crop_h": 8, "target_width": 832,
+        "target_height": 1216, "text_g": "a dog in the jungle", "text_l": "a dog in the jungle"}}
+    prompt["962"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["960", 1], "text": "a dog in the jungle"}}
+    prompt["963"] = {"class_type": "KosmosGTextEncode", "inputs": {"kosmos_g": [loader, 0], "text": "a dog"}}
+    prompt["964"] = {"class_type": "KosmosGTextEncode", "inputs": {"kosmos_g": [loader, 0], "text": ""}}
+    prompt["965"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": ["961", 0], "b": ["962", 0]}}
+    prompt["966"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": ["963", 0], "b": ["964", 0]}}
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    (positive,), (negative,) = entry["outputs"]["950"]["a"], entry["outputs"]["950"]["b"]
+    (stock_sdxl,), (stock_plain,) = entry["outputs"]["965"]["a"], entry["outputs"]["965"]["b"]
+    (text,), (text_null,) = entry["outputs"]["966"]["a"], entry["outputs"]["966"]["b"]
+
+    def form(info):
+        return info["shape"], info["dtype"], info["keys"], info["pooled_shape"], info["pooled_dtype"]
+
+    assert form(positive) == form(negative) == form(stock_sdxl)
+    assert positive["sizes"] == negative["sizes"] == stock_sdxl["sizes"] == {
+        "width": 896, "height": 1152, "crop_w": 16, "crop_h": 8, "target_width": 832, "target_height": 1216}
+    assert positive["shape"] == [1, 77, 2048] and positive["pooled_shape"] == [1, 1280]
+    assert form(text) == form(text_null) == form(stock_plain) and text["keys"] == ["pooled_output"]
+    # KOSMOS-G Text Encode of "" is the null embedding, the negative of KOSMOS-G Encode (pooled vector included).
+    assert text_null["sum"] == pytest.approx(negative["sum"], rel=1e-4, abs=1e-3)
+    assert text_null["pooled_sum"] == pytest.approx(negative["pooled_sum"], rel=1e-4, abs=1e-3)
+    assert positive["pooled_sum"] != pytest.approx(negative["pooled_sum"])
+    assert "SDXL conditioning (77 x 2048 context + 1280 pooled)" in comfy_server.log()
+
+
+def test_encode_size_inputs_are_clip_text_encode_sdxl_s(comfy_server):
+    """KOSMOS-G Encode's size inputs have CLIP Text Encode (SDXL)'s names, order, defaults and bounds, and are
+    advanced inputs (they do nothing with an SD1.5 file)."""
+    info = comfy_server.get("/object_info")
+    ours, stock = info["KosmosGEncode"]["input"]["optional"], info["CLIPTextEncodeSDXL"]["input"]["required"]
+    names = ["width", "height", "crop_w", "crop_h", "target_width", "target_height"]
+    assert [n for n in info["KosmosGEncode"]["input_order"]["optional"] if n in names] == names
+    for name in names:
+        assert ours[name][0] == stock[name][0] == "INT"
+        for key in ("default", "min", "max"):
+            assert ours[name][1][key] == stock[name][1][key], (name, key)
+        assert ours[name][1]["advanced"] is True
+
+
+def test_an_sd15_file_ignores_the_size_inputs(comfy_server):
+    """With an SD1.5 file, KOSMOS-G Encode gives what it always gave: (1, 77, 768) and an empty dict, whatever the
+    SDXL size inputs say."""
+    prompt = _base_prompt()
+    _node(prompt, "KosmosGEncode")["inputs"].update(width=640, height=480, crop_w=8, crop_h=8)
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    for info in (entry["outputs"]["950"]["a"][0], entry["outputs"]["950"]["b"][0]):
+        assert info["shape"] == [1, 77, 768] and info["keys"] == [] and info["sizes"] == {}
+
+
+def _size_embedding(values: list[int]) -> list[float]:
+    """SDXL's size part of the ADM input: each value through a 256-d sinusoidal embedding ([cos | sin], frequencies
+    10000^(-i/128); comfy's timestep_embedding), in encode_adm's order."""
+    import numpy as np
+
+    freqs = np.exp(-np.log(10000.0) * np.arange(128, dtype=np.float32) / 128)
+    return np.concatenate([np.concatenate([np.cos(v * freqs), np.sin(v * freqs)]) for v in values]).tolist()
+
+
+def test_sdxl_pooled_vector_and_sizes_reach_the_unet(comfy_server, tmp_path):
+    """The shrunk SDXL workflow (a 64x64 latent) with sizes set on KOSMOS-G Encode: the U-Net's ADM input holds
+    KOSMOS-G's pooled vectors (positive and negative) and the embedded sizes, not the latent's 64 x 64."""
+    probe_log = tmp_path / "unet_calls.jsonl"
+    prompt = shrink(json.loads(SDXL_SUBJECT.read_text()), probe_log)
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt[encode]["inputs"].update(width=1024, height=768, crop_w=0, crop_h=32, target_width=960, target_height=704)
+    prompt["950"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": [encode, 0], "b": [encode, 1]}}
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    (positive,), (negative,) = entry["outputs"]["950"]["a"], entry["outputs"]["950"]["b"]
+    calls = [json.loads(line) for line in probe_log.read_text().splitlines()]
+    assert len(calls) == STEPS
+    for call in calls:
+        assert sorted(call["y_pooled_sums"]) == pytest.approx(sorted([positive["pooled_sum"], negative["pooled_sum"]]),
+                                                             rel=1e-4, abs=1e-3)
+        # encode_adm's order: height, width, crop_h, crop_w, target_height, target_width
+        assert call["y_sizes"] == pytest.approx(_size_embedding([768, 1024, 32, 0, 704, 960]), abs=1e-3)
+
+
+def _sampling_with_file(family: str, kosmos_file: str, check: bool) -> dict[str, Any]:
+    """`_sampling_with`, with the named KOSMOS-G file, and Check Model connected to that file."""
+    prompt = _sampling_with(family, check)
+    _node(prompt, "KosmosGLoader")["inputs"]["model_name"] = kosmos_file
+    if check:
+        loader = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGLoader")
+        prompt["971"]["inputs"]["kosmos_g"] = [loader, 0]
+    return prompt
+
+
+@pytest.mark.parametrize(("family", "kosmos_file", "exception", "fragment", "message"), [
+    ("SDXL", "kosmos-g.safetensors", "KeyError", "pooled_output",
+     "this KOSMOS-G file (kosmos-g.safetensors) is for SD1.5 (768-d) but the connected MODEL (SDXL) is SDXL "
+     "(2048-d context + 1280-d pooled)"),
+    ("SD15", "kosmos-g-sdxl.safetensors", "RuntimeError", "mat1 and mat2 shapes cannot be multiplied",
+     "this KOSMOS-G file (kosmos-g-sdxl.safetensors) is for SDXL (2048-d context + 1280-d pooled) but the connected "
+     "MODEL (SD15) is SD1.5 (768-d)"),
+], ids=["sd15-file-sdxl-model", "sdxl-file-sd15-model"])
+def test_a_file_for_one_base_with_the_other_s_model(comfy_server, family, kosmos_file, exception, fragment, message):
+    """What KSampler says when the KOSMOS-G file's base and the MODEL's differ, and the plain message Check Model gives
+    instead when the file is connected to it."""
+    entry = comfy_server.run(_sampling_with_file(family, kosmos_file, check=False))
+    error = _error(entry)
+    assert entry["status"]["status_str"] == "error" and error["node_type"] == "KSampler", error
+    assert error["exception_type"].endswith(exception) and fragment in error["exception_message"], error
+    _expect_execution_error(comfy_server, _sampling_with_file(family, kosmos_file, check=True), message,
+                            "Load a checkpoint of the same base as the KOSMOS-G file")
+
+
+def test_check_model_passes_a_matching_pair(comfy_server):
+    """Check Model with the file connected lets SDXL file + SDXL MODEL (and SD1.5 + SD1.5) through to sampling."""
+    for family, kosmos_file in (("SDXL", "kosmos-g-sdxl.safetensors"), ("SD15", "kosmos-g.safetensors")):
+        entry = comfy_server.run(_sampling_with_file(family, kosmos_file, check=True))
+        assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+
+
+def test_concat_clip_with_an_sdxl_file_and_the_sdxl_clip(comfy_server):
+    """A LoRA's trigger words with SDXL: the SDXL CLIP's tokens follow KOSMOS-G's, KOSMOS-G's pooled vector stays."""
+    prompt = _sdxl_base_prompt()
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt["960"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}
+    prompt["961"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["960", 1], "text": "watercolor style"}}
+    prompt["962"] = {"class_type": "KosmosGConcatCLIP", "inputs": {
+        "kosmos_g_conditioning": [encode, 0], "clip_conditioning": ["961", 0], "clip_strength": 1.0}}
+    prompt["963"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": ["962", 0]}}
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry))[:2000]
+    (joined,), (positive,) = entry["outputs"]["963"]["a"], entry["outputs"]["950"]["a"]
+    assert joined["shape"] == [1, 154, 2048] and joined["pooled_sum"] == positive["pooled_sum"]
+    assert joined["sizes"] == positive["sizes"]

@@ -46,3 +46,65 @@ def test_sd15_check_messages(ops):
     assert "SDXL" in ops.sd15_problem(2048, "SDXL") and "Stable Diffusion 1.5" in ops.sd15_problem(2048, "SDXL")
     assert "Stable Diffusion 2.x" in ops.sd15_problem(1024, "SD21")
     assert "without cross-attention" in ops.sd15_problem(None, "Flux")
+
+
+# ------------------------------------------------------------------------------------------------------ SDXL
+
+
+def test_sdxl_conditioning_has_the_pooled_vector_and_the_sizes(ops):
+    """What CLIP Text Encode (SDXL) puts in the dict (comfy_extras/nodes_clip_sdxl.py): pooled_output and the six
+    size values, here with that node's defaults."""
+    assert ops.SDXL_SIZE_DEFAULTS == {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0,
+                                      "target_width": 1024, "target_height": 1024}
+    pooled = torch.zeros(2, 1280)
+    (tensor, options), = ops.to_conditioning(torch.zeros(2, 77, 2048), pooled, ops.SDXL_SIZE_DEFAULTS)
+    assert tensor.shape == (2, 77, 2048) and options["pooled_output"] is pooled
+    assert {k: v for k, v in options.items() if k != "pooled_output"} == ops.SDXL_SIZE_DEFAULTS
+    # Without sizes (KOSMOS-G Text Encode, like plain CLIP Text Encode): only the pooled vector.
+    assert set(ops.to_conditioning(torch.zeros(1, 77, 2048), torch.zeros(1, 1280))[0][1]) == {"pooled_output"}
+
+
+def test_sdxl_conditioning_is_checked(ops):
+    with pytest.raises(ValueError, match=r"pooled vector has shape \(1, 1280\); expected \(2, P\)"):
+        ops.to_conditioning(torch.zeros(2, 77, 2048), torch.zeros(1, 1280))
+    with pytest.raises(ValueError, match="size conditioning belongs to SDXL"):
+        ops.to_conditioning(torch.zeros(1, 77, 768), None, {"width": 512})
+    with pytest.raises(ValueError, match=r"unknown size conditioning \['aesthetic_score'\]"):
+        ops.to_conditioning(torch.zeros(1, 77, 2048), torch.zeros(1, 1280), {"aesthetic_score": 6})
+
+
+def test_concat_of_an_sdxl_file_with_an_sdxl_clip(ops):
+    """Both 2048-d: the CLIP tokens follow KOSMOS-G's and KOSMOS-G's pooled vector and sizes stay."""
+    pooled = torch.ones(1, 1280)
+    kosmos = ops.to_conditioning(torch.zeros(1, 77, 2048), pooled, {"width": 1024})
+    clip = [[torch.ones(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]]
+    (tensor, options), = ops.concat_clip(kosmos, clip)
+    assert tensor.shape == (1, 154, 2048) and options["pooled_output"] is pooled and options["width"] == 1024
+    with pytest.raises(ValueError, match=r"768-dimensional but KOSMOS-G's is 2048; .*\(SDXL, 2048-d\), not SD1.5's"):
+        ops.concat_clip(kosmos, [[torch.zeros(1, 77, 768), {}]])
+
+
+def test_the_sd15_check_points_an_sdxl_model_to_the_kosmos_g_input(ops):
+    assert "connect its Load KOSMOS-G to this node's kosmos_g input" in ops.sd15_problem(2048, "SDXL")
+    assert "kosmos_g input" not in ops.sd15_problem(1024, "SD21")
+
+
+@pytest.mark.parametrize(("model", "file", "expected"), [
+    ((768, None), (768, None), None),
+    ((2048, 2816), (2048, 1280), None),
+    ((768, None), (2048, 1280), "this KOSMOS-G file (xl.safetensors) is for SDXL (2048-d context + 1280-d pooled) "
+                                "but the connected MODEL (SD15) is SD1.5 (768-d). Load a checkpoint of the same base as "
+                                "the KOSMOS-G file (SDXL)"),
+    ((2048, 2816), (768, None), "this KOSMOS-G file (xl.safetensors) is for SD1.5 (768-d) but the connected MODEL "
+                                "(SD15) is SDXL (2048-d context + 1280-d pooled). Load a checkpoint of the same base "
+                                "as the KOSMOS-G file (SD1.5)"),
+    ((1280, 2560), (2048, 1280), "the connected MODEL (SD15) is the SDXL refiner (1280-d context, 2560-wide ADM"),
+    ((1024, None), (768, None), "the connected MODEL (SD15) is SD2.x (1024-d)"),
+    ((2048, None), (2048, 1280), "is an unusual model (2048-d)"),
+])
+def test_model_check_against_the_file(ops, model, file, expected):
+    problem = ops.model_problem(*model, "SD15", *file, "xl.safetensors")
+    if expected is None:
+        assert problem is None
+    else:
+        assert expected in problem and "or a KOSMOS-G file made for the MODEL's base" in problem

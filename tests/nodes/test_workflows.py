@@ -23,6 +23,9 @@ ALL_UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 EXPECTED = {"KOSMOS-G subject-driven generation", "KOSMOS-G multi-entity composition", "KOSMOS-G with ControlNet canny", "KOSMOS-G with a LoRA",
             "KOSMOS-G text to image", "KOSMOS-G image editing"}
+EXPECTED_SDXL = {"KOSMOS-G SDXL subject-driven generation", "KOSMOS-G SDXL multi-entity composition",
+                 "KOSMOS-G SDXL with ControlNet canny"}
+SDXL_API_FILES = sorted(p for p in API_FILES if " SDXL " in p.name)
 
 
 def load(path: Path) -> dict:
@@ -31,7 +34,7 @@ def load(path: Path) -> dict:
 
 def test_every_ui_workflow_has_an_api_twin():
     assert {p.stem for p in UI_FILES} == {p.stem for p in API_FILES}
-    assert EXPECTED <= {p.stem for p in UI_FILES}
+    assert EXPECTED | EXPECTED_SDXL <= {p.stem for p in UI_FILES}
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -64,9 +67,36 @@ def test_api_graph_and_paper_settings(path):
     for sampler in samplers:
         assert sampler["sampler_name"] == "dpmpp_2m" and sampler["scheduler"] == "normal"
         assert sampler["steps"] == 50 and 6.0 <= sampler["cfg"] <= 7.5
+    size = 1024 if " SDXL " in path.name else 512  # each base at its own resolution
     for latent in (n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"):
-        assert (latent["width"], latent["height"]) == (512, 512)
+        assert (latent["width"], latent["height"]) == (size, size)
     assert "KosmosGLoader" in {n["class_type"] for n in prompt.values()}
+
+
+@pytest.mark.parametrize("path", SDXL_API_FILES, ids=lambda p: p.stem)
+def test_sdxl_workflows_pair_sdxl_files_and_check_them(path):
+    """An SDXL workflow loads an SDXL checkpoint and an SDXL KOSMOS-G file, checks the MODEL against that file before
+    sampling, and conditions SDXL on the latent's size (KOSMOS-G Encode's size inputs = the latent's 1024x1024)."""
+    prompt = load(path)
+
+    def one(class_type):
+        (node,) = [n for n in prompt.values() if n["class_type"] == class_type]
+        return node
+
+    checkpoint, kosmos = one("CheckpointLoaderSimple"), one("KosmosGLoader")
+    assert checkpoint["inputs"]["ckpt_name"] == "sd_xl_base_1.0.safetensors"
+    assert kosmos["inputs"]["model_name"] == "kosmos-g-sdxl.safetensors"
+    ids = {id(n): k for k, n in prompt.items()}
+    check = one("KosmosGCheckModel")["inputs"]
+    assert check["model"] == [ids[id(checkpoint)], 0] and check["kosmos_g"] == [ids[id(kosmos)], 0]
+    assert one("KSampler")["inputs"]["model"] == [next(k for k, n in prompt.items() if n["inputs"] is check), 0]
+    encode, latent = one("KosmosGEncode")["inputs"], one("EmptyLatentImage")["inputs"]
+    assert (encode["width"], encode["height"], encode["target_width"], encode["target_height"]) == \
+        (latent["width"], latent["height"], latent["width"], latent["height"])
+    assert (encode["crop_w"], encode["crop_h"]) == (0, 0)
+    for node in prompt.values():
+        if node["class_type"] == "ControlNetLoader":
+            assert "xl" in node["inputs"]["control_net_name"]
 
 
 def test_the_txt2img_workflow_has_no_clip_text_encode():
