@@ -374,7 +374,8 @@ class SampleShape:
         return 1 + self.images * 66 + self.text_tokens  # <s> first
 
     def describe(self, image_size: int, target: int) -> str:
-        text = f"{self.tokens} tokens (<s> + {self.images} images x 66 + {self.text_tokens} text)"
+        images = f" + {self.images} images x 66" if self.images else ""
+        text = f"{self.tokens} tokens (<s>{images} + {self.text_tokens} text)"
         if self.images:
             text += f", {self.images} input images {image_size} px"
         return text + (f", target {target} px" if target else "")
@@ -578,15 +579,17 @@ def make_plan(cfg, *, gpu_memory_gib: float, gpus: int = 1, shape: SampleShape |
               batches: list[int] | None = None, reserve_gib: float = 1.0, fragmentation: float = 0.10,
               peak_tflops: float | None = None, peak_source: str = "", utilisation: float = 0.40,
               policy: str = "cuda") -> Plan:
-    """Simulate the stage at every micro-batch of `batches` (default: halvings of the configured per-GPU batch) with
-    activation checkpointing on and off, then price every setting for `gpus` GPUs of `gpu_memory_gib`."""
+    """Simulate the stage at every micro-batch of `batches` (default: halvings of the configured per-GPU batch; the
+    configured one always) with activation checkpointing on and off, then price every setting for `gpus` GPUs of
+    `gpu_memory_gib`."""
     if gpus < 1 or gpu_memory_gib <= 0:
         raise ValueError(f"--gpus must be >= 1 and --gpu-memory > 0 (got {gpus}, {gpu_memory_gib})")
     t0 = time.perf_counter()
     model = build_plan_model(cfg)
     shape = shape or default_sample_shape(cfg)
     effective = int(cfg.data["batch_size"]) * cfg.run.grad_accum
-    batches = sorted(set(batches or micro_batches(effective)), reverse=True)
+    # The configured micro-batch is always simulated: the "as configured" row.
+    batches = sorted(set(batches or micro_batches(effective)) | {int(cfg.data["batch_size"])}, reverse=True)
     log.info("plan: built %s in %.1f s; simulating micro-batches %s, checkpointing on/off", cfg.stage,
              time.perf_counter() - t0, batches)
     steps: dict[tuple[int, bool], StepMemory] = {}

@@ -163,7 +163,7 @@ num_workers = 0
 kind = "compositional"
 shards = "{assets / 'shards' / 'compositional'}"
 ''')
-    common = ["--config", str(cfg_path), "--plan", "--micro-batches", "2,1", "--reserve-gib", "0",
+    common = ["--config", str(cfg_path), "--plan", "--micro-batches", "4", "--reserve-gib", "0",
               "--fragmentation", "0", "--peak-tflops", "100"]
     big = main([*common, "--gpu-memory", "4", "--gpus", "4"])
     out = capsys.readouterr().out
