@@ -65,6 +65,11 @@ SD15_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end"
                   "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
                   "steps_offset": 1, "prediction_type": "epsilon"}
 
+# SD1.5's text_encoder/config.json (the text tower of CLIP ViT-L/14), for building it without its folder.
+SD15_TEXT_ENCODER = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                     "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                     "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1}
+
 
 @dataclass
 class SD15Parts:
@@ -264,4 +269,56 @@ def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, tex
     if vae:
         parts.vae = _freeze(AutoencoderKL.from_single_file(full, original_config=SD15_ORIGINAL_CONFIG,
                                                            local_files_only=True), dtype, device)
+    return parts
+
+
+# -- architectures without weights (memory planning) -----------------------------------------------------------------
+def sd15_architectures(path: str | Path) -> dict[str, dict]:
+    """Config dicts of `unet`, `vae` and `text_encoder`: read from the diffusers folder `path` when it is one (its
+    config.json files; no weights are read), else SD1.5's own (v1-inference.yaml through diffusers' single-file
+    conversion, and SD15_TEXT_ENCODER), which is what a single-file SD1.5 checkpoint builds."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        create_unet_diffusers_config_from_ldm,
+        create_vae_diffusers_config_from_ldm,
+    )
+
+    path = Path(path) if path else None
+    if path is not None and _is_diffusers_folder(path):
+        out = {"unet": dict(UNet2DConditionModel.load_config(str(path), subfolder="unet", local_files_only=True)),
+               "vae": dict(AutoencoderKL.load_config(str(path), subfolder="vae", local_files_only=True))}
+        text = path / "text_encoder" / "config.json"
+        out["text_encoder"] = json.loads(text.read_text()) if text.is_file() else dict(SD15_TEXT_ENCODER)
+        return out
+    return {"unet": create_unet_diffusers_config_from_ldm(SD15_ORIGINAL_CONFIG, {}),
+            "vae": create_vae_diffusers_config_from_ldm(SD15_ORIGINAL_CONFIG, {}),
+            "text_encoder": dict(SD15_TEXT_ENCODER)}
+
+
+def build_sd15_parts(architectures: dict[str, dict], dtype: torch.dtype, *, text_encoder: bool = False,
+                     unet: bool = False, vae: bool = False) -> SD15Parts:
+    """The requested frozen parts built from `sd15_architectures` in `dtype`, without weights (random init; under
+    FakeTensorMode no storage at all): what the memory planner (training/memory_plan.py) measures. Built directly in
+    `dtype` (default-dtype switch) because fake parameters cannot be cast in place. No tokenizer, no scheduler."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    def build(make):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            module = make()
+        finally:
+            torch.set_default_dtype(previous)
+        return module.requires_grad_(False).eval()
+
+    parts = SD15Parts()
+    if unet:
+        parts.unet = build(lambda: UNet2DConditionModel.from_config(architectures["unet"]))
+    if vae:
+        parts.vae = build(lambda: AutoencoderKL.from_config(architectures["vae"]))
+    if text_encoder:
+        fields = {k: v for k, v in architectures["text_encoder"].items()
+                  if not k.startswith("_") and k not in ("architectures", "torch_dtype", "dtype", "transformers_version")}
+        parts.text_encoder = build(lambda: CLIPTextModel(CLIPTextConfig(**fields)))
     return parts

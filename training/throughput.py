@@ -16,6 +16,14 @@ Elementwise ops, norms and the optimiser are not counted. MFU = counted FLOPs pe
 The peak comes from `--peak-tflops` or, on CUDA, from a small table of dense bf16/fp16 tensor-core peaks keyed by
 the device name. `--synthetic` replaces the config's data by tiny synthetic shards (no data set needed; the loader
 resizes them to the configured sizes, so compute matches real data of the same token lengths).
+
+`--plan` needs no GPU and runs nothing for real: it prints the memory of weights, gradients, optimizer states and
+activations per GPU of the config's stage at its real size, which settings fit `--gpu-memory` GiB on `--gpus` GPUs,
+and the samples/s expected from the step's FLOPs at an assumed utilisation of the `--gpu` peak
+(training/memory_plan.py says how each number is made):
+
+    python -m training.throughput --config training/configs/stage3.toml --plan --gpu-memory 24 --gpu "RTX 4090"
+    python -m training.throughput --config training/configs/stage3.toml --plan --gpu-memory 80 --gpus 8 --gpu A100
 """
 
 from __future__ import annotations
@@ -53,16 +61,20 @@ SYNTHETIC_SOURCES = {
 }
 
 
+def peak_for_name(name: str, precision: str) -> tuple[float | None, str]:
+    """The PEAK_TFLOPS entry whose key is in `name` (a CUDA device name, or --gpu)."""
+    for key, value in PEAK_TFLOPS:
+        if key in name:
+            return value, f"table entry {key!r} (dense {precision})"
+    return None, f"{name} not in the table (pass --peak-tflops)"
+
+
 def peak_tflops(device: torch.device, precision: str, given: float | None) -> tuple[float | None, str]:
     if given:
         return given, "--peak-tflops"
     if device.type != "cuda" or precision == "fp32":
         return None, "unknown (pass --peak-tflops)"
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_TFLOPS:
-        if key in name:
-            return value, f"table entry {key!r} (dense {precision})"
-    return None, f"{name} not in the table (pass --peak-tflops)"
+    return peak_for_name(torch.cuda.get_device_name(device), precision)
 
 
 def with_synthetic_data(cfg: TrainConfig, folder: Path) -> TrainConfig:
@@ -158,7 +170,28 @@ def format_report(r: dict) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_plan(args) -> object:
+    """--plan: the memory plan of the config at its real size (training/memory_plan.py), printed."""
+    from training.memory_plan import SampleShape, default_sample_shape, format_plan, make_plan
+
+    if not args.gpu_memory:
+        raise SystemExit("--plan needs --gpu-memory GIB (memory of one GPU, e.g. 24 or 80)")
+    cfg = load_config(args.config, args.overrides)
+    peak, source = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else \
+        peak_for_name(args.gpu, cfg.parallel.precision) if args.gpu else (None, "")
+    shape = default_sample_shape(cfg)
+    if args.plan_text_tokens is not None or args.plan_images is not None:
+        shape = SampleShape(text_tokens=shape.text_tokens if args.plan_text_tokens is None else args.plan_text_tokens,
+                            images=shape.images if args.plan_images is None else args.plan_images)
+    batches = [int(b) for b in args.micro_batches.split(",")] if args.micro_batches else None
+    plan = make_plan(cfg, gpu_memory_gib=args.gpu_memory, gpus=args.gpus, shape=shape, batches=batches,
+                     reserve_gib=args.reserve_gib, fragmentation=args.fragmentation, peak_tflops=peak,
+                     peak_source=source, utilisation=args.utilisation)
+    sys.stdout.write(format_plan(plan))
+    return plan
+
+
+def main(argv: list[str] | None = None) -> dict | object:
     parser = argparse.ArgumentParser(prog="python -m training.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="stage TOML to measure, e.g. training/configs/stage3.toml")
     parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps (default 10)")
@@ -167,11 +200,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--synthetic", action="store_true", help="tiny synthetic shards instead of [data] sources")
     parser.add_argument("--count-with-recompute", action="store_true",
                         help="count FLOPs with activation checkpointing on (hardware FLOPs; use if the count OOMs)")
+    plan = parser.add_argument_group("--plan (memory plan without a GPU; training/memory_plan.py)")
+    plan.add_argument("--plan", action="store_true", help="print the memory plan instead of running steps")
+    plan.add_argument("--gpu-memory", type=float, default=0.0, help="memory of one GPU in GiB (24, 40, 80...)")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs (data parallel; FSDP shards over them; default 1)")
+    plan.add_argument("--gpu", default="", help="GPU name for the peak TFLOP/s table, e.g. 'RTX 4090', A100, H100")
+    plan.add_argument("--utilisation", type=float, default=0.40,
+                      help="assumed share of the dense bf16 peak the step's FLOPs reach (default 0.40)")
+    plan.add_argument("--reserve-gib", type=float, default=1.0,
+                      help="per-GPU memory kept for the CUDA context and workspaces (default 1 GiB)")
+    plan.add_argument("--fragmentation", type=float, default=0.10,
+                      help="share of the rest lost to allocator fragmentation (default 0.10)")
+    plan.add_argument("--micro-batches", default="", help="micro-batch sizes to simulate, e.g. 16,8,4 "
+                      "(default: the configured per-GPU batch halved down to 1)")
+    plan.add_argument("--plan-text-tokens", type=int, default=None,
+                      help="text tokens per sample (default: stage 2 85, stage 3 64)")
+    plan.add_argument("--plan-images", type=int, default=None, help="input images per sample (default: stage 3 2)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     args = parser.parse_args(argv)
     # Rank 0 logs progress; other ranks only warnings and errors.
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     setup_logging(level)
+    if args.plan:
+        return run_plan(args)
     with tempfile.TemporaryDirectory(prefix="kosmos_g_bench_") as tmp:
         forced = [f'run.out_dir="{tmp}/run"', f"run.max_steps={args.warmup + args.steps + 1}", "checkpoint.every=0",
                   'checkpoint.resume=""', "sample.every=0", "log.tensorboard=false", "log.wandb=false"]

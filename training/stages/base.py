@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import unwrap
+from ..sd15 import load_sd15
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +196,21 @@ def build_kosmos(cfg, device: torch.device, *, aligner: str):
         model = KosmosG(PRESETS[cfg.model.preset], dtype=torch.float32)
         model.tokenizer = KosmosTokenizer.from_files(folder / "sentencepiece.bpe.model", folder / "dict.txt")
     tokenizer = model.tokenizer
-    if aligner != "keep":
-        base = model.config.aligner or _aligner_preset(cfg, model.config.mllm.dim)
-        wanted = replace(base, with_decoder=(aligner == "with_decoder"))
-        if model.config.aligner != wanted:
-            _set_aligner(model, wanted)
+    wanted = stage_kosmos_config(cfg, model.config, aligner).aligner
+    if model.config.aligner != wanted:
+        _set_aligner(model, wanted)
     model.tokenizer = tokenizer
     return model.to(device)
+
+
+def stage_kosmos_config(cfg, config, aligner: str):
+    """The architecture a stage trains, from the init model's `config`: AlignerNet as `aligner` asks ("keep",
+    "encoder" = M only, "with_decoder" = M and N), created at `[model] aligner_preset` sizes when absent. The one rule
+    build_kosmos and the memory planner (training/memory_plan.py) share."""
+    if aligner == "keep":
+        return config
+    base = config.aligner or _aligner_preset(cfg, config.mllm.dim)
+    return replace(config, aligner=replace(base, with_decoder=(aligner == "with_decoder")))
 
 
 def check_condition_width(kosmos, width: int, what: str, path) -> None:
@@ -253,6 +262,20 @@ class KosmosStage(Stage):
 
     find_unused_parameters = True    # image-free batches skip the vision tower and connector
     default_trainable: tuple[str, ...] = ()
+    aligner_mode = "keep"            # build_kosmos(aligner=...): "keep" | "encoder" | "with_decoder"
+    sd15_parts: tuple[str, ...] = ()  # frozen SD1.5 parts load_sd15 loads: "text_encoder", "unet", "vae"
+
+    def build_model(self, cfg, device: torch.device) -> StageModule:
+        kosmos = build_kosmos(cfg, device, aligner=self.aligner_mode)
+        parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), tokenizer_path=cfg.sd15.tokenizer,
+                          **dict.fromkeys(self.sd15_parts, True)) if self.sd15_parts else None
+        return self.assemble(cfg, kosmos, parts)
+
+    def assemble(self, cfg, kosmos, parts) -> StageModule:
+        """The stage module around `kosmos` (built as `aligner_mode` says) and the frozen SD1.5 `parts` (an
+        SD15Parts with `sd15_parts`, or None), trainable parameters selected. build_model passes loaded weights; the
+        memory planner passes the same architecture built without weights (training/memory_plan.py)."""
+        raise NotImplementedError(f"stage {self.name!r} must implement assemble")
 
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
         return list(cfg.model.trainable) or list(self.default_trainable)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import KosmosStage, StageModule, build_kosmos, last_vit_block_prefixes, register, to_device
+from .base import KosmosStage, StageModule, last_vit_block_prefixes, register, to_device
 
 
 class LanguageModelling(StageModule):
@@ -42,8 +42,7 @@ class Stage1(KosmosStage):
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
 
-    def build_model(self, cfg, device: torch.device) -> LanguageModelling:
-        kosmos = build_kosmos(cfg, device, aligner="keep")
+    def assemble(self, cfg, kosmos, parts) -> LanguageModelling:
         return self.finish_model(cfg, LanguageModelling(kosmos))
 
     def count(self, batch: dict) -> tuple[int, int]:

@@ -17,16 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..sd15 import clip_caption_filter, clip_ids, load_sd15
-from .base import (
-    KosmosStage,
-    StageModule,
-    build_kosmos,
-    check_condition_width,
-    frozen_dtype,
-    register,
-    to_device,
-)
+from ..sd15 import clip_caption_filter, clip_ids
+from .base import KosmosStage, StageModule, check_condition_width, register, to_device
 
 
 class Aligning(StageModule):
@@ -52,11 +44,10 @@ class Aligning(StageModule):
 class Stage2(KosmosStage):
     default_trainable = ("aligner.",)
     find_unused_parameters = False   # every trainable tensor (M and N) is used by every batch
+    aligner_mode = "with_decoder"
+    sd15_parts = ("text_encoder",)
 
-    def build_model(self, cfg, device: torch.device) -> Aligning:
-        kosmos = build_kosmos(cfg, device, aligner="with_decoder")
-        parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), text_encoder=True,
-                          tokenizer_path=cfg.sd15.tokenizer)
+    def assemble(self, cfg, kosmos, parts) -> Aligning:
         check_condition_width(kosmos, parts.text_encoder.config.hidden_size, "the CLIP text encoder", cfg.sd15.path)
         module = Aligning(kosmos)
         module.add_frozen("text_encoder", parts.text_encoder)

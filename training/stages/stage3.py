@@ -21,13 +21,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..distributed import is_fsdp, unwrap
-from ..sd15 import load_sd15
 from .base import (
     KosmosStage,
     StageModule,
-    build_kosmos,
     check_condition_width,
-    frozen_dtype,
     last_vit_block_prefixes,
     register,
     to_device,
@@ -109,6 +106,8 @@ def _prompts(items) -> list:
 class Stage3(KosmosStage):
     default_trainable = ("gpt_model.", "img_connector.", "aligner.")
     fsdp_forward_methods = ("sample_conditions",)
+    aligner_mode = "encoder"
+    sd15_parts = ("unet", "vae")
 
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
@@ -119,11 +118,9 @@ class Stage3(KosmosStage):
         super().check_config(cfg)
         SemanticConfig.from_dict(cfg.semantic)
 
-    def build_model(self, cfg, device: torch.device) -> InstructionTuning:
+    def assemble(self, cfg, kosmos, parts) -> InstructionTuning:
         from .semantic_supervision import SemanticConfig
 
-        kosmos = build_kosmos(cfg, device, aligner="encoder")
-        parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), unet=True, vae=True)
         check_condition_width(kosmos, parts.unet.config.cross_attention_dim, "the U-Net's cross-attention",
                               cfg.sd15.path)
         module = InstructionTuning(kosmos, cfg.model.cond_dropout)
