@@ -51,6 +51,7 @@ class KosmosG(nn.Module):
         # None computes in the weights' dtype (the official fp16 inference). A host that stores half-precision
         # weights but wants fp32 maths (ComfyUI on a CPU) sets float32 here and passes casting `ops`.
         self.compute_dtype: torch.dtype | None = None
+        self._null_cache: tuple[tuple, torch.Tensor] | None = None  # (_null_key(), (1, 77, C)): see null_condition
 
     @property
     def mllm(self) -> MLLM:
@@ -120,8 +121,29 @@ class KosmosG(nn.Module):
 
     def null_condition(self, negative: str | None = None) -> torch.Tensor:
         """The unconditional embedding (1, 77, 768) (SDXL: (1, 77, 2048)): M(MLLM([<s>])), or M(MLLM([<s>] +
-        negative)) when given."""
-        return self.condition(self.collate([negative_prompt(negative)]))
+        negative)) when given.
+
+        The empty negative's embedding is the same for every prompt, so outside autograd (inference: `encode`, the
+        nodes, the samplers) it is computed once and kept until the weights, their dtype or their device change
+        (`_null_key`). With gradients enabled (stage 3, where the weights move every step) it is always computed."""
+        if negative or torch.is_grad_enabled() or self.training:
+            return self.condition(self.collate([negative_prompt(negative)]))
+        key = self._null_key()
+        if key is None:
+            return self.condition(self.collate([negative_prompt(None)]))
+        if self._null_cache is None or self._null_cache[0] != key:
+            self._null_cache = (key, self.condition(self.collate([negative_prompt(None)])).clone())
+        return self._null_cache[1]
+
+    def _null_key(self) -> tuple | None:
+        """What the cached null embedding depends on: the compute dtype and, per parameter, its identity, version
+        counter (bumped by every in-place write: optimiser steps, load_state_dict, weight patches), device and dtype.
+        About 600 tuples for the full model: microseconds, against a whole MLLM forward. None (do not cache) when
+        the weights were made under inference_mode, whose tensors have no version counter."""
+        try:
+            return (self.compute_dtype, tuple((id(p), p._version, p.device, p.dtype) for p in self.parameters()))
+        except RuntimeError:
+            return None
 
     @torch.inference_mode()
     def encode(self, prompts: PromptLike | Sequence[PromptLike], negative: str | None = None) -> Conditioning:

@@ -138,6 +138,32 @@ def test_unconditional_embedding_is_the_null_prompt(tiny_model):
     assert not torch.allclose(neg, out.uncond[:1])
 
 
+def test_the_empty_negative_is_computed_once_until_the_weights_change(kosmos_tokenizer):
+    torch.manual_seed(0)
+    model = KosmosG(KosmosGConfig.tiny()).eval()
+    model.tokenizer = kosmos_tokenizer
+    calls = []
+    model.aligner.register_forward_hook(lambda *_: calls.append(1))
+    first = model.encode("a dog").uncond
+    assert len(calls) == 2  # the prompt and the null prompt
+    model.encode(["a cat", "a cow"])
+    assert len(calls) == 3  # only the prompts: the null embedding was kept
+    with torch.no_grad():
+        model.aligner.encoder_query.add_(1.0)  # an in-place weight change (an optimiser step, a weight patch)
+    moved = model.encode("a dog").uncond
+    assert len(calls) == 5 and not torch.allclose(moved, first)
+    torch.testing.assert_close(moved, model.condition(model.collate([""])), rtol=0, atol=0)
+    model.encode("a dog", negative="blurry")
+    assert len(calls) == 7  # a negative text is computed each time
+    model.float().to(torch.bfloat16)
+    model.encode("a dog")
+    assert len(calls) == 9  # another dtype: computed again
+    with torch.enable_grad():
+        model.train()
+        model.null_condition().sum().backward()  # training (stage 3) never reads the cache: its gradient flows
+    assert model.aligner.encoder_query.grad is not None
+
+
 def test_a_literal_placeholder_in_the_negative_is_text(tiny_model, kosmos_tokenizer):
     """The official negative is [<s>] + tokens(text): "<i>" there is three characters, not an image slot."""
     batch = tiny_model.collate([negative_prompt("no <i> here")])
