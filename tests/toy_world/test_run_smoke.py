@@ -42,6 +42,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert set(diagnosis) == {"stage1", "stage2", "stage3"}
     for row in diagnosis.values():
         assert {round(row[f"caption_choice_{k}"] * 20, 6) % 1 for k in ("scene", "cutout")} == {0.0}
+        assert {round(row[f"caption_choice_{k}_held_out"] * 5, 6) % 1 for k in ("scene", "cutout")} == {0.0}
     assert diagnosis["stage3"]["spread_across_images"] >= 0 and "spread_across_images" not in diagnosis["stage1"]
     assert json.loads((tmp_path / "diagnose.json").read_text())["chance_caption_choice"] == 0.05
     assert format_table(diagnosis).count("\n") == 5

@@ -4,7 +4,8 @@
 
 * caption choice (every stage): after a subject's picture, which of the 20 attribute captions ("<image> a red round
   toy on the grass", stage 1's image-then-caption layout) does the MLLM find the most likely? Accuracy over the 20
-  subjects, shown as a scene and as the white-background cut-out the evaluation uses; chance 0.05. Stage 1 must
+  subjects and over the 5 held-out ones alone (`_held_out`), shown as a scene and as the white-background cut-out
+  the evaluation uses; chance 0.05. Stage 1 must
   teach this: an MLLM that cannot tell subjects apart from their pictures gives stage 3 nothing to carry.
 * conditioning spread (stages with an AlignerNet trained, 2 and 3): the standard deviation of the (77, C)
   conditioning across the 20 subjects' reference images ("a <i> on the grass"), averaged over its elements, next to
@@ -24,7 +25,7 @@ import torch
 from training.cli import setup_logging
 from training.evaluation.report import markdown_table, write_json
 
-from .scenes import PLACES, Scene, all_subjects, reference_image, render
+from .scenes import PLACES, Scene, all_subjects, is_held_out, reference_image, render
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,15 @@ def _pictures(kind: str) -> list:
 
 
 @torch.no_grad()
-def caption_choice_accuracy(model, kind: str = "cutout") -> float:
-    """Share of the 20 subjects whose own attribute caption is the most likely one after their picture."""
+def caption_choice_accuracy(model, kind: str = "cutout") -> dict[str, float]:
+    """Share of the subjects whose own attribute caption is the most likely of the 20 after their picture: over all
+    20 ("all"), the 15 seen ones and the 5 held out of every KOSMOS-G stage ("held_out": whether the MLLM reads a
+    colour-shape combination it never saw)."""
     from kosmos_g_core.prompt import InterleavedPrompt, PromptImage
 
     subjects = all_subjects()
     captions = [f"a {s.description()} toy {PROBE_PLACE}" for s in subjects]
-    correct = 0
+    correct = []
     for i, picture in enumerate(_pictures(kind)):
         batch = model.collate([InterleavedPrompt(("", PromptImage(picture), c)) for c in captions])
         tokens = batch.tokens.to(model.device)
@@ -55,8 +58,14 @@ def caption_choice_accuracy(model, kind: str = "cutout") -> float:
         logp = torch.log_softmax(model.mllm.logits(hidden[:, :-1]).float(), -1)  # (20, T-1, vocab)
         logp = logp.gather(-1, tokens[:, 1:, None])[..., 0]  # (20, T-1): log p of each next token
         text = (tokens[:, 1:] != model.tokenizer.PAD) & ~image_mask[:, 1:]  # the caption's own tokens
-        correct += int((logp * text).sum(1).argmax()) == i
-    return correct / len(subjects)
+        correct.append(int((logp * text).sum(1).argmax()) == i)
+    held_out = [is_held_out(s) for s in subjects]
+
+    def share(keep: bool | None) -> float:
+        picked = [c for c, h in zip(correct, held_out, strict=True) if keep is None or h == keep]
+        return sum(picked) / len(picked)
+
+    return {"all": share(None), "seen": share(False), "held_out": share(True)}
 
 
 @torch.no_grad()
@@ -87,7 +96,10 @@ def diagnose_run(run_dir: str | Path) -> dict:
         if not export.is_file():
             continue
         model = load_checkpoint(export, dtype=torch.float32).eval()
-        row = {f"caption_choice_{kind}": caption_choice_accuracy(model, kind) for kind in ("scene", "cutout")}
+        row = {}
+        for kind in ("scene", "cutout"):
+            choice = caption_choice_accuracy(model, kind)
+            row |= {f"caption_choice_{kind}": choice["all"], f"caption_choice_{kind}_held_out": choice["held_out"]}
         if stage != "stage1":  # stage 1's AlignerNet is still the random one of the init
             row |= {f"spread_{k}": v for k, v in conditioning_spread(model).items()}
         results[stage] = row
