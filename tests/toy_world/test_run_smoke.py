@@ -55,3 +55,13 @@ def test_diagnose_names_the_folder_when_there_is_no_run(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         diagnose_run(tmp_path)
+
+
+def test_a_run_records_the_command_that_started_it(monkeypatch):
+    from training.toy_world.run import invoked_command
+
+    # the study's seed processes inherit the study's argv: the record names the study, not the run module
+    monkeypatch.setattr("sys.argv", ["/x/training/toy_world/study.py", "--out", "o", "--jobs", "3"])
+    assert invoked_command() == "python -m training.toy_world.study --out o --jobs 3"
+    monkeypatch.setattr("sys.argv", ["/x/y/training/demo.py"])
+    assert invoked_command() == "python -m training.demo"

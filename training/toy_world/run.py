@@ -146,6 +146,17 @@ def train_stage(stage: str, out: Path, table: dict) -> Path:
     return Path(result.export_path) if result.export_path else out / stage / "export.safetensors"
 
 
+def invoked_command() -> str:
+    """The command line that started this run, as `python -m <module> <args>`: `python -m training.toy_world.study`
+    when the study (or its seed processes, which inherit its argv) called `run`, `training.demo` for the demo."""
+    main = Path(sys.argv[0])
+    parts = main.with_suffix("").parts
+    if main.suffix != ".py" or "training" not in parts:
+        return " ".join(["python", *sys.argv])
+    module = ".".join(parts[len(parts) - 1 - parts[::-1].index("training"):])
+    return " ".join(["python", "-m", module, *sys.argv[1:]])
+
+
 def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: str | Path | None = None,
         base: str | Path | None = None) -> dict:
     """The whole pipeline; returns the evaluation results (also in <out>/eval/results.json)."""
@@ -208,7 +219,7 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
     skipped = {k: v for k, v in earlier.items() if k not in timings and k != "total"}
     timings = skipped | timings | {"total": round(time.time() - t_all + sum(skipped.values()), 1)}
     write_json({"timings_seconds": timings, "config": asdict(cfg), "threads": torch.get_num_threads(),
-                "command": " ".join([Path(sys.executable).name, "-m", "training.toy_world.run", *sys.argv[1:]])},
+                "command": invoked_command()},
                out / "timings.json")
     return results
 
