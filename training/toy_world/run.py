@@ -1,6 +1,7 @@
 """The toy-world run: base model, then the real stage 1, 2 and 3 trainer at tiny scale, then the measurements.
 
-    python -m training.toy_world.run --out runs/toy_world            # the full run (about 22 min on 2 CPU cores, 9 of them the base model)
+    python -m training.toy_world.run --out runs/toy_world            # the full run, its own base model first
+    python -m training.toy_world.run --out runs/toy_world --base training/toy_world/assets/base   # on the shipped one
     python -m training.toy_world.run --out runs/toy_smoke --preset smoke
 
 Writes under --out: `base/` (the SD1.5-layout toy base model), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/toy_world", help="output folder (default runs/toy_world)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                        help="full: the measured run in docs/evaluation.md (about 22 min on 2 cores); demo: the "
+                        help="full: the measured run in docs/evaluation.md (50 min per seed at 1 thread, three seeds sharing 2 cores); demo: the "
                              "shorter stages of `python -m training.demo`; smoke: every step for a few iterations "
                              "(about a minute) (default full)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
