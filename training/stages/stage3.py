@@ -2,7 +2,8 @@
 `kosmos-g/unilm/models/kosmosg.py:311-319`).
 
     c        = M(MLLM(tokens, images))                      (B, 77, 768), 10 % replaced by null = M(MLLM([<s>]))
-    latents  = VAE.encode(target).sample() * 0.18215        frozen
+    latents  = VAE.encode(target).sample() * 0.18215        frozen; with `[sd15] cache_outputs` the posterior (mean,
+                                                            std) comes from the cache and eps is still drawn per step
     x_t      = DDPM.add_noise(latents, eps, t),  t ~ U{0..999}
     loss     = mean_b mean_{C,H,W} (UNet(x_t, t, c) - eps)^2   frozen U-Net, gradient flows through it into c
 
@@ -21,11 +22,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..distributed import is_fsdp, unwrap
-from ..sd15 import load_sd15
+from ..sd15 import load_sd15, memory_format_of, sample_posterior, vae_posterior
 from .base import (
     KosmosStage,
     StageModule,
     build_kosmos,
+    cache_identity,
     check_condition_width,
     frozen_dtype,
     last_vit_block_prefixes,
@@ -42,6 +44,15 @@ class InstructionTuning(StageModule):
     def __init__(self, kosmos, cond_dropout: float):
         super().__init__(kosmos)
         self.cond_dropout = cond_dropout
+        self._posterior_layout: torch.memory_format | None = None
+
+    def posterior_layout(self, vae, target: Tensor) -> torch.memory_format:
+        """The memory layout of the VAE's posterior for batches like `target` here (sd15.memory_format_of): found by
+        encoding the first cached batch once (no RNG is drawn), so cached latents are laid out, and then noised,
+        exactly as encoded ones."""
+        if self._posterior_layout is None:
+            self._posterior_layout = memory_format_of(vae_posterior(vae, target)[0])
+        return self._posterior_layout
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         batch = to_device(batch, self.device)
@@ -59,7 +70,13 @@ class InstructionTuning(StageModule):
         cond = torch.where(drop[:, None, None], null.expand_as(cond), cond)
 
         with torch.no_grad():
-            latents = vae.encode(target.to(vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
+            if "latent_mean" in batch:  # the target's posterior from the frozen-output cache, each (B, 4, R/8, R/8)
+                layout = self.posterior_layout(vae, target)
+                mean, std = (batch[k].contiguous(memory_format=layout) for k in ("latent_mean", "latent_std"))
+            else:
+                mean, std = vae_posterior(vae, target)
+            # eps drawn here, every step, exactly as latent_dist.sample() draws it
+            latents = sample_posterior(mean, std) * vae.config.scaling_factor  # (B, 4, R/8, R/8)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (B,), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -151,6 +168,13 @@ class Stage3(KosmosStage):
 
     def target_size(self, cfg) -> int:
         return cfg.sd15.resolution
+
+    def frozen_cache(self, cfg, module: StageModule):
+        if not cfg.sd15.cache_outputs:
+            return None
+        from training.data.frozen_cache import FrozenCache
+
+        return FrozenCache(cache_identity(cfg, module.frozen["vae"]))
 
     def sample(self, model, step: int, writer, cfg) -> None:
         if not cfg.sample.prompts:
