@@ -167,9 +167,9 @@ def build_cache(cfg: TrainConfig, batch_size: int = 16, overwrite: bool = False)
         counts["shards_written"] += 1
         counts["entries"] += len(entries)
     log.info("rank %d: %s cache of %d shards: %s", info.rank, kind, len(mine), dict(counts))
-    totals = distributed.all_reduce_sum({k: float(v) for k, v in counts.items()} | {"shards": float(len(mine))},
-                                        info.device) if info.distributed else {**counts, "shards": len(mine)}
-    return {k: int(v) for k, v in totals.items()}
+    counts["shards"] = len(mine)
+    # A collective: when it returns, every rank has written its files (a trainer started next finds them all).
+    return dict(sum((Counter(c) for c in distributed.all_gather_object(dict(counts))), Counter()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

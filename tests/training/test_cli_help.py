@@ -15,6 +15,7 @@ CLIS = [
     "training.throughput",
     "training.evaluation.layout", "training.tiny_assets", "training.toy_world.run",
     "training.toy_world.diagnose", "training.toy_world.base_model", "training.toy_world.study", "benchmarks.core",
+    "benchmarks.frozen_cache",
     "kosmos_g_core.convert",
 ]
 
