@@ -246,3 +246,10 @@ shards = "{shards / 'editing'}"
                                                                             "entries": 8}
     assert main(["--config", str(config), "--overwrite", "sd15.resolution=32"]) == 0
     assert read_identity(cache_path(sorted((shards / "editing").glob("*.tar"))[0], "vae_posterior")).resolution == 32
+
+
+def test_a_stage_without_frozen_outputs_refuses_the_switch(assets):
+    from training.train import Trainer
+
+    with pytest.raises(ValueError, match=r"\[sd15\] cache_outputs = true, but stage 'stage1' has no frozen outputs"):
+        Trainer(make_cfg(assets, "stage1", ["captions"], cache_outputs=True))

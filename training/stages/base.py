@@ -43,6 +43,8 @@ class Stage:
     find_unused_parameters: bool = False
     # FSDP2: methods other than forward that run the model (sampling), so parameters are gathered for them too.
     fsdp_forward_methods: tuple[str, ...] = ()
+    # True when the stage reads the frozen-output cache under `[sd15] cache_outputs` (training/data/frozen_cache.py).
+    caches_frozen_outputs: bool = False
 
     def check_config(self, cfg) -> object:
         """The stage's own tables: keys, value types and ranges, before anything is built (raise to refuse)."""

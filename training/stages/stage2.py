@@ -57,6 +57,7 @@ class Aligning(StageModule):
 class Stage2(KosmosStage):
     default_trainable = ("aligner.",)
     find_unused_parameters = False   # every trainable tensor (M and N) is used by every batch
+    caches_frozen_outputs = True     # [sd15] cache_outputs: see frozen_cache below
 
     def build_model(self, cfg, device: torch.device) -> Aligning:
         kosmos = build_kosmos(cfg, device, aligner="with_decoder")

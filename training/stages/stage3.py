@@ -126,6 +126,7 @@ def _prompts(items) -> list:
 class Stage3(KosmosStage):
     default_trainable = ("gpt_model.", "img_connector.", "aligner.")
     fsdp_forward_methods = ("sample_conditions",)
+    caches_frozen_outputs = True     # [sd15] cache_outputs: see frozen_cache below
 
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
