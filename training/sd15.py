@@ -176,6 +176,38 @@ def clip_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tens
     return enc.input_ids.to(device)
 
 
+# How stage 2 prepares a caption for the CLIP text encoder (part of a CLIP-target cache file's identity).
+CLIP_IDS_RULE = f"CLIPTokenizer padding=max_length max_length={CLIP_MAX_LENGTH} truncation"
+
+
+def clip_text_target(text_encoder: nn.Module, tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    """(B, 77, 768) last hidden state of SD1.5's frozen CLIP text encoder: stage 2's target, and what its cache holds."""
+    return text_encoder(clip_ids(tokenizer, captions, device)).last_hidden_state
+
+
+def vae_posterior(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen VAE's posterior of images (B, 3, R, R) in [-1, 1]: (mean, std), each (B, 4, R/8, R/8) in the VAE's
+    output dtype. Stage 3 encodes its targets with it, and its cache holds it."""
+    dist = vae.encode(images.to(vae.dtype)).latent_dist
+    return dist.mean, dist.std
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """mean + std * eps, eps ~ N(0, I) from the global torch RNG: the same draw, in the same order, as diffusers'
+    `DiagonalGaussianDistribution.sample()` (a randn of mean's shape, device and dtype), so a cached posterior gives
+    the latents the encoder gives, and the RNG streams after it are unchanged."""
+    return mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+
+
+def memory_format_of(latents: torch.Tensor) -> torch.memory_format:
+    """channels_last when the channels are the innermost dimension of a (B, C, H, W) tensor, else contiguous.
+
+    Why it matters: the VAE's posterior comes channels-last from oneDNN for some shapes (the toy VAEs on CPU) and the
+    latents keep its layout; the noise a caller then draws with `randn_like(latents)` is laid out the same way, so a
+    cached (contiguous) posterior must be given the encoder's layout to get the same noise, hence the same loss."""
+    return torch.channels_last if latents.stride(1) < latents.stride(-1) else torch.contiguous_format
+
+
 class ClipCaptionFilter:
     """Keeps captions of at most 75 CLIP tokens (77 with <|startoftext|>/<|endoftext|>), as the official align
     stage. A class rather than a closure so data-loader workers can pickle it."""

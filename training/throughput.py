@@ -15,7 +15,9 @@ Elementwise ops, norms and the optimiser are not counted. MFU = counted FLOPs pe
 
 The peak comes from `--peak-tflops` or, on CUDA, from a small table of dense bf16/fp16 tensor-core peaks keyed by
 the device name. `--synthetic` replaces the config's data by tiny synthetic shards (no data set needed; the loader
-resizes them to the configured sizes, so compute matches real data of the same token lengths).
+resizes them to the configured sizes, so compute matches real data of the same token lengths). `--cache` builds the
+frozen-output cache of the shards first (`python -m training.build_cache`) and runs with `[sd15] cache_outputs =
+true`: the same command with and without it measures what the cache saves (stages 2 and 3).
 
 `--plan` needs no GPU and runs nothing for real: it prints the memory of weights, gradients, optimizer states and
 activations per GPU of the config's stage at its real size, which settings fit `--gpu-memory` GiB on `--gpus` GPUs,
@@ -29,6 +31,7 @@ and the samples/s expected from the step's FLOPs at an assumed utilisation of th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -99,33 +102,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def benchmark(cfg: TrainConfig, steps: int, warmup: int, peak: float | None, count_with_recompute: bool) -> dict:
+def benchmark(cfg: TrainConfig, steps: int, warmup: int, peak: float | None, count_with_recompute: bool,
+              count_flops: bool = True) -> dict:
     trainer = Trainer(cfg)
     info = trainer.info
     for _ in range(warmup):
         trainer.step()
     flops = None
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
+    if count_flops:
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
 
-        if not count_with_recompute:
-            _set_recompute(trainer, False)
-        with FlopCounterMode(display=False) as counter:
-            trainer.step()
-        flops = float(counter.get_total_flops())
-    except (RuntimeError, NotImplementedError, TypeError) as e:
-        log.warning("FLOP counting failed (%s); MFU will not be reported", e)
-    finally:
-        _set_recompute(trainer, True)
+            if not count_with_recompute:
+                _set_recompute(trainer, False)
+            with FlopCounterMode(display=False) as counter:
+                trainer.step()
+            flops = float(counter.get_total_flops())
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            log.warning("FLOP counting failed (%s); MFU will not be reported", e)
+        finally:
+            _set_recompute(trainer, True)
     _sync(info.device)
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
     samples = tokens = 0
+    step_times, cpu_times = [], []  # per step: wall clock, and this process's CPU time (all its threads)
     t0 = time.perf_counter()
     for _ in range(steps):
+        t_step, c_step = time.perf_counter(), time.process_time()
         _, _, n, t = trainer.step()
+        _sync(info.device)
+        step_times.append(time.perf_counter() - t_step)
+        cpu_times.append(time.process_time() - c_step)
         samples, tokens = samples + n, tokens + t
-    _sync(info.device)
     elapsed = time.perf_counter() - t0
     stats = distributed.all_reduce_mean({"elapsed": elapsed, "samples": samples, "tokens": tokens}, info.device)
     step_time = stats["elapsed"] / steps
@@ -134,7 +143,8 @@ def benchmark(cfg: TrainConfig, steps: int, warmup: int, peak: float | None, cou
         "stage": cfg.stage, "devices": info.world_size, "device": _device_name(info.device),
         "strategy": cfg.parallel.strategy, "precision": cfg.parallel.precision,
         "micro_batch": cfg.data.get("batch_size"), "grad_accum": cfg.run.grad_accum, "steps": steps,
-        "step_time_s": step_time, "samples_per_s_per_device": stats["samples"] / stats["elapsed"],
+        "step_time_s": step_time, "step_times_s": step_times, "step_cpu_times_s": cpu_times, "frozen_cache": cfg.sd15.cache_outputs,
+        "threads": torch.get_num_threads(), "samples_per_s_per_device": stats["samples"] / stats["elapsed"],
         "tokens_per_s_per_device": stats["tokens"] / stats["elapsed"],
         "flops_per_step_per_device": flops, "peak_tflops": peak_value, "peak_source": peak_source,
         "max_memory_gb": torch.cuda.max_memory_allocated(info.device) / 2**30 if info.device.type == "cuda" else None,
@@ -156,6 +166,7 @@ def format_report(r: dict) -> str:
         ("devices", f"{r['devices']} x {r['device']} ({r['strategy']}, {r['precision']})"),
         ("micro-batch x accum", f"{r['micro_batch']} x {r['grad_accum']}"),
         ("step time", f"{r['step_time_s']:.3f} s (mean of {r['steps']})"),
+        ("frozen-output cache", "on" if r.get("frozen_cache") else "off"),
         ("samples/s per device", f"{r['samples_per_s_per_device']:.3f}"),
         ("tokens/s per device", f"{r['tokens_per_s_per_device']:.1f}"),
     ]
@@ -200,6 +211,12 @@ def main(argv: list[str] | None = None) -> dict | object:
     parser.add_argument("--synthetic", action="store_true", help="tiny synthetic shards instead of [data] sources")
     parser.add_argument("--count-with-recompute", action="store_true",
                         help="count FLOPs with activation checkpointing on (hardware FLOPs; use if the count OOMs)")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the FLOP-counting step (it is one more full step; no MFU is reported)")
+    parser.add_argument("--cache", action="store_true",
+                        help="build the frozen-output cache of the shards first (python -m training.build_cache: "
+                             "files beside the shards) and run with [sd15] cache_outputs = true (stages 2 and 3)")
+    parser.add_argument("--json", default="", help="also write the result to this JSON file")
     plan = parser.add_argument_group("--plan (memory plan without a GPU; training/memory_plan.py)")
     plan.add_argument("--plan", action="store_true", help="print the memory plan instead of running steps")
     plan.add_argument("--gpu-memory", type=float, default=0.0, help="memory of one GPU in GiB (24, 40, 80...)")
@@ -230,12 +247,20 @@ def main(argv: list[str] | None = None) -> dict | object:
         if args.synthetic:
             cfg = with_synthetic_data(cfg, Path(tmp) / "shards")
         try:
-            result = benchmark(cfg, args.steps, args.warmup, args.peak_tflops, args.count_with_recompute)
+            if args.cache:
+                from .build_cache import build_cache
+
+                build_cache(cfg)  # every rank has written its share when it returns (a collective ends it)
+                cfg = replace(cfg, sd15=replace(cfg.sd15, cache_outputs=True))
+            result = benchmark(cfg, args.steps, args.warmup, args.peak_tflops, args.count_with_recompute,
+                               count_flops=not args.no_flops)
         except BaseException:
             distributed.abort()
             raise
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             sys.stdout.write(format_report(result))
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         distributed.teardown()
     return result
 

@@ -138,6 +138,9 @@ class Trainer:
         self.cfg = cfg
         self.stage = build_stage(cfg.stage)
         self.stage.check_config(cfg)  # the stage's own tables, before anything is built
+        if cfg.sd15.cache_outputs and not self.stage.caches_frozen_outputs:
+            raise ValueError(f"[sd15] cache_outputs = true, but stage {cfg.stage!r} has no frozen outputs to cache "
+                             "(stage2: CLIP text targets, stage3: VAE posteriors); set it to false")
         self.info = info = distributed.setup(cfg.run.device)
         self.out_dir = Path(cfg.run.out_dir)
         if info.is_main:

@@ -80,6 +80,8 @@ class SD15Config:
     dtype: str = "auto"              # frozen SD1.5 weights: auto (= compute dtype) | fp32 | bf16 | fp16
     gradient_checkpointing: bool = True   # U-Net activation checkpointing (stage 3)
     resolution: int = 512            # stage 3 target images (Resize short side + CenterCrop), as SD1.5
+    cache_outputs: bool = False      # stages 2/3: read the frozen CLIP-text targets / VAE posteriors from the cache
+                                     # files `python -m training.build_cache` writes beside the shards
 
 
 @dataclass(frozen=True)

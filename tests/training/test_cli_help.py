@@ -11,9 +11,11 @@ import sys
 import pytest
 
 CLIS = [
-    "training.train", "training.eval", "training.demo", "training.build_shards", "training.throughput",
+    "training.train", "training.eval", "training.demo", "training.build_shards", "training.build_cache",
+    "training.throughput",
     "training.evaluation.layout", "training.tiny_assets", "training.toy_world.run",
     "training.toy_world.diagnose", "training.toy_world.base_model", "training.toy_world.study", "benchmarks.core",
+    "benchmarks.frozen_cache",
     "kosmos_g_core.convert",
 ]
 

@@ -41,3 +41,35 @@ def test_peak_lookup_and_report_without_peak():
                             "flops_per_step_per_device": None, "peak_tflops": None,
                             "peak_source": "unknown (pass --peak-tflops)", "max_memory_gb": None})
     assert "MFU" in report and "n/a" in report and "--peak-tflops" in report
+
+
+def test_benchmark_with_the_frozen_output_cache(tmp_path, tokenizer_dir, capsys):
+    """`--cache` builds the stage's cache for the (synthetic) shards and measures with it; `--no-flops` skips the
+    counting step; `--json` writes the result with per-step wall and CPU times."""
+    import json
+
+    from training.tiny_assets import write_tiny_init, write_tiny_sd15
+
+    write_tiny_sd15(tmp_path / "sd15")
+    write_tiny_init(tmp_path / "init.safetensors", tokenizer_dir)
+    config = tmp_path / "bench.toml"
+    config.write_text(f'''stage = "stage3"
+[model]
+init = "{tmp_path / 'init.safetensors'}"
+[parallel]
+precision = "fp32"
+[sd15]
+path = "{tmp_path / 'sd15'}"
+resolution = 16
+[data]
+batch_size = 2
+num_workers = 0
+max_tokens = 512
+''')
+    out = tmp_path / "result.json"
+    result = main(["--config", str(config), "--steps", "2", "--warmup", "0", "--synthetic", "--cache", "--no-flops",
+                   "--json", str(out)])
+    assert "frozen-output cache   on" in capsys.readouterr().out
+    assert result["frozen_cache"] is True and result["flops_per_step_per_device"] is None
+    saved = json.loads(out.read_text())
+    assert len(saved["step_times_s"]) == len(saved["step_cpu_times_s"]) == 2 and saved["threads"] >= 1

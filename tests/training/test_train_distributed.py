@@ -1,7 +1,7 @@
 """Two-process (gloo, CPU) runs of stage 2 and stage 3: under torchrun FSDP2 gives the same losses as DDP and an
 error ends with its own message; the DDP replicas end with identical parameters; killed inside a checkpoint save and
 resumed, a run gives bit-for-bit the losses and weights of an uninterrupted run, with and without data-loader worker
-processes; the skip counters are summed over ranks."""
+processes, and with the frozen-output cache; the skip counters are summed over ranks."""
 
 from __future__ import annotations
 
@@ -199,6 +199,35 @@ def test_a_kill_inside_a_checkpoint_save_resumes_bit_exactly(assets, tmp_path, s
         assert len(full) == 4 and resumed == full[2:], rank  # bit-equal, every rank
     a, b = _final_state(tmp_path / "whole"), _final_state(tmp_path / "split")
     assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_cached_run_gives_the_uncached_losses_and_resumes_bit_exactly(assets, tmp_path):
+    """Stage 3 with `[sd15] cache_outputs` (VAE posteriors from `training.build_cache`, read by 2 data workers per
+    rank on 2 DDP ranks): every rank's losses are the uncached run's, and a run killed inside a checkpoint save
+    resumes bit for bit, as without the cache."""
+    from training.build_cache import build_cache
+    from training.train_config import load_config
+
+    overrides = ["run.max_steps=4", "checkpoint.every=2", "checkpoint.resume=\"latest\"", "data.num_workers=2"]
+    plain = write_config(assets, "stage3", "compositional", tmp_path / "plain")
+    build_cache(load_config(plain))
+    assert _two_ranks(plain, overrides) == [0, 0]
+    cached = [*overrides, "sd15.cache_outputs=true"]
+    whole = write_config(assets, "stage3", "compositional", tmp_path / "whole")
+    assert _two_ranks(whole, cached) == [0, 0]
+    results(tmp_path / "whole")
+    assert json.loads((tmp_path / "whole" / "config.resolved.json").read_text())["sd15"]["cache_outputs"] is True
+    split = write_config(assets, "stage3", "compositional", tmp_path / "split")
+    assert _two_ranks(split, cached, crash_at_save=2)[0] == 17
+    assert _two_ranks(split, cached) == [0, 0]
+    for rank in (0, 1):
+        uncached = json.loads((tmp_path / "plain" / f"losses_rank{rank}.json").read_text())
+        full = json.loads((tmp_path / "whole" / f"losses_rank{rank}.json").read_text())
+        resumed = json.loads((tmp_path / "split" / f"losses_rank{rank}.json").read_text())
+        assert full == pytest.approx(uncached, rel=1e-6), rank
+        assert len(full) == 4 and resumed == full[2:], rank
+    a, b = _final_state(tmp_path / "whole"), _final_state(tmp_path / "split")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 

@@ -5,7 +5,9 @@
 * stage3: tokens, image_mask, pixels, target (B,3,R,R) in [-1,1], source list[str], prompt list[str] (textual
   form with ``<i>``), entity_masks list[(E_i,R,R)], entity_token_index list[list[LongTensor]]
 
-Every stage also has ``keys`` (list[str], ``shard#key`` of each sample, for debugging and tests).
+Every stage also has ``keys`` (list[str], ``shard#key`` of each sample, for debugging and tests). When the run reads
+a frozen-output cache (``[sd15] cache_outputs``), stage 2 also has ``clip_target`` (B,77,768) and stage 3
+``latent_mean`` and ``latent_std`` (B,4,R/8,R/8), in the dtype they were computed in (frozen_cache.py).
 Tokens are right-padded with ``<pad>`` (1); pixels are ordered by sample, then by occurrence.
 """
 
@@ -29,6 +31,12 @@ def _pixels(features: Sequence[Features], image_size: int) -> torch.Tensor:
     return torch.stack(images)
 
 
+def _frozen(features: Sequence[Features]) -> dict[str, torch.Tensor]:
+    """The cached frozen-model outputs, stacked per name (every sample of a batch has them, or none does)."""
+    names = features[0].frozen.keys() if features else ()
+    return {name: torch.stack([f.frozen[name] for f in features]) for name in names}
+
+
 def next_token_loss_mask(tokens: torch.Tensor, image_mask: torch.Tensor, tokenizer: KosmosTokenizer) -> torch.Tensor:
     """(B,T) bool: True where the NEXT token is a text target. Targets that are image markup (the first
     ``<image>`` and the 64 slots) or padding are excluded, as the official loss mask excludes them; ``</image>``
@@ -44,7 +52,8 @@ def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer
     source = [f.source for f in features]
     keys = [f.key for f in features]
     if stage == "stage2":
-        return {"tokens": tokens, "captions": [f.caption or "" for f in features], "source": source, "keys": keys}
+        return {"tokens": tokens, "captions": [f.caption or "" for f in features], "source": source, "keys": keys,
+                **_frozen(features)}
     batch: dict[str, Any] = {
         "tokens": tokens,
         "image_mask": image_mask,
@@ -60,4 +69,5 @@ def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer
     batch["entity_masks"] = [f.entity_masks for f in features]
     batch["entity_token_index"] = [list(f.entity_token_index) for f in features]
     batch["entity_names"] = [list(f.entity_names) for f in features]
+    batch.update(_frozen(features))
     return batch

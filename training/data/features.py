@@ -33,6 +33,7 @@ from .decode import (
     member,
 )
 from .entities import place_entities
+from .frozen_cache import content_key
 from .shards import RawSample
 from .transforms import mask_tensor, target_tensor
 
@@ -42,7 +43,9 @@ IMAGE_TOKENS = 64
 @dataclass
 class Features:
     """What one sample contributes to a batch. Shapes: pixels (3, S, S) each; target (3, R, R); entity_masks
-    (E, R, R); entity_token_index: E LongTensors of positions in ``ids``; entity_names: the E entity words."""
+    (E, R, R); entity_token_index: E LongTensors of positions in ``ids``; entity_names: the E entity words.
+    cache_key: content key of what the frozen SD1.5 part reads (stage 2: the caption; stage 3: the target image
+    bytes); frozen: that part's cached outputs, added by the loader when the run reads a cache (frozen_cache.py)."""
 
     ids: list[int]
     image_mask: list[bool]
@@ -55,6 +58,8 @@ class Features:
     entity_masks: torch.Tensor | None = None
     entity_token_index: list[torch.Tensor] = field(default_factory=list)
     entity_names: list[str] = field(default_factory=list)
+    cache_key: str = ""
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,22 @@ def _check_caption(ctx: FeatureContext, source: SourceConfig, caption: str, key:
     if ctx.caption_filter is not None and not ctx.caption_filter(caption):
         raise SampleError("skipped_caption_filter", f"sample {key!r}: caption rejected by caption_filter")
     return ids
+
+
+# Which member is a stage-3 sample's diffusion target, per source kind: the one owner of that rule for the feature
+# builders below and the frozen-output cache builder (training/build_cache.py).
+TARGET_STEMS = {"captions": "", "compositional": "", "editing": "tgt."}
+TARGET_WHAT = {"captions": "the image", "compositional": "the full image", "editing": "tgt image"}
+
+
+def target_image_bytes(kind: str, raw: RawSample) -> bytes:
+    """The encoded target image of a stage-3 sample of source ``kind``."""
+    return image_member(raw.members, raw.key, TARGET_STEMS[kind])
+
+
+def caption_text(raw: RawSample) -> str:
+    """The caption of a captions sample, as the stages read it (UTF-8, stripped, ``<i>`` removed)."""
+    return decode_text(member(raw.members, "txt", raw.key), raw.key, ".txt")
 
 
 def _checked_image(data: bytes, source: SourceConfig, key: str, what: str) -> Image.Image:
@@ -161,10 +182,11 @@ def _stage1_interleaved(ctx: FeatureContext, source: SourceConfig, raw: RawSampl
 
 
 def _stage2_captions(ctx: FeatureContext, source: SourceConfig, raw: RawSample, rng: random.Random) -> Features:
-    caption = decode_text(member(raw.members, "txt", raw.key), raw.key, ".txt")
+    caption = caption_text(raw)
     ids = _check_caption(ctx, source, caption, raw.key)
     tokens = [ctx.tokenizer.BOS] + ids
-    return Features(ids=tokens, image_mask=[False] * len(tokens), source=source.name, prompt=caption, caption=caption)
+    return Features(ids=tokens, image_mask=[False] * len(tokens), source=source.name, prompt=caption, caption=caption,
+                    cache_key=content_key(caption))
 
 
 # ---- stage 3: instruction tuning -----------------------------------------------------------------------------
@@ -175,12 +197,14 @@ def _empty_masks(ctx: FeatureContext) -> torch.Tensor:
 
 
 def _stage3_captions(ctx: FeatureContext, source: SourceConfig, raw: RawSample, rng: random.Random) -> Features:
-    caption = decode_text(member(raw.members, "txt", raw.key), raw.key, ".txt")
+    caption = caption_text(raw)
     _check_caption(ctx, source, caption, raw.key)
-    image = _checked_image(image_member(raw.members, raw.key), source, raw.key, "the image")
+    data = target_image_bytes(source.kind, raw)
+    image = _checked_image(data, source, raw.key, TARGET_WHAT[source.kind])
     features = _features(ctx, source, InterleavedPrompt((caption,)), eos=False)
     features.target = target_tensor(image, ctx.target_size)
     features.entity_masks = _empty_masks(ctx)
+    features.cache_key = content_key(data)
     return features
 
 
@@ -192,11 +216,13 @@ def _stage3_editing(ctx: FeatureContext, source: SourceConfig, raw: RawSample, r
         raise SampleError("skipped_empty", f"sample {raw.key!r}: empty edit instruction")
     drop_caption = rng.random() < ctx.config.drop_input_caption_prob
     src = decode_image(image_member(raw.members, raw.key, "src."), raw.key, "src image")
-    tgt = _checked_image(image_member(raw.members, raw.key, "tgt."), source, raw.key, "tgt image")
+    data = target_image_bytes(source.kind, raw)
+    tgt = _checked_image(data, source, raw.key, TARGET_WHAT[source.kind])
     prompt = InterleavedPrompt(("" if drop_caption else input_caption, PromptImage(src), edit))
     features = _features(ctx, source, prompt, eos=False)
     features.target = target_tensor(tgt, ctx.target_size)
     features.entity_masks = _empty_masks(ctx)
+    features.cache_key = content_key(data)
     return features
 
 
@@ -214,7 +240,8 @@ def _stage3_compositional(ctx: FeatureContext, source: SourceConfig, raw: RawSam
     names = [clean_text(str(e.get("name", ""))) for e in entities]
     if not caption:
         raise SampleError("skipped_empty", f"sample {raw.key!r}: empty caption")
-    full = _checked_image(image_member(raw.members, raw.key), source, raw.key, "the full image")
+    data = target_image_bytes(source.kind, raw)
+    full = _checked_image(data, source, raw.key, TARGET_WHAT[source.kind])
 
     # Official order of draws: one word-drop coin per sample, then one crop/cut-out coin per placed entity.
     drop_words = rng.random() < ctx.config.drop_entity_word_prob
@@ -243,6 +270,7 @@ def _stage3_compositional(ctx: FeatureContext, source: SourceConfig, raw: RawSam
         features.entity_names.append(names[slot.entity])
     features.target = target_tensor(full, ctx.target_size)
     features.entity_masks = torch.stack(masks) if masks else _empty_masks(ctx)
+    features.cache_key = content_key(data)
     return features
 
 

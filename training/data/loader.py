@@ -38,6 +38,7 @@ from .collate import collate
 from .config import DataConfig, parse_data_config
 from .decode import SampleError
 from .features import FeatureContext, Features, sample_features
+from .frozen_cache import FrozenCache
 from .mixing import SourceSchedule
 from .shards import EMPTY_EPOCHS_BEFORE_ERROR, ShardError, ShardPosition, ShardReader, expand_shards
 from .stats import SkipStats, merge_counts
@@ -63,6 +64,7 @@ class LoaderPlan:
     world_size: int
     seed: int
     caption_filter: Callable[[str], bool] | None = None
+    frozen_cache: FrozenCache | None = None
 
     @property
     def workers_per_rank(self) -> int:
@@ -138,6 +140,10 @@ class _SourceStream:
                     log.exception("unexpected error on sample %r of %s", raw.key, raw.url)
                 self.stats.add("skipped_error", f"{raw.url}: sample {raw.key!r}: {type(err).__name__}: {err}")
                 continue
+            if self.plan.frozen_cache is not None:
+                # Outside the per-sample error handling on purpose: a missing or mismatched cache entry means a
+                # stale cache, which must stop the run rather than skip samples.
+                features.frozen = self.plan.frozen_cache.lookup(raw.url, features.cache_key, raw.key)
             self._epoch_of_last_good = self.reader.position.epoch
             return features
 
@@ -328,12 +334,15 @@ def build_dataloader(
     seed: int,
     caption_filter: Callable[[str], bool] | None = None,
     base_dir: str | Path | None = None,
+    frozen_cache: FrozenCache | None = None,
 ) -> StatefulLoader:
     """The loader of ``stage`` ("stage1" | "stage2" | "stage3") for this rank (docs/data.md).
 
     ``data_cfg`` is the stage TOML's ``[data]`` table; relative shard paths are taken from ``base_dir``
     (default: the working directory). ``caption_filter`` (stage 2: at most 75 CLIP tokens) drops captions it
-    rejects. Shard patterns are expanded here, so a typo fails at start-up, not in a worker.
+    rejects. Shard patterns are expanded here, so a typo fails at start-up, not in a worker. ``frozen_cache``
+    (stages 2 and 3 with ``[sd15] cache_outputs``) adds each sample's cached frozen-model outputs to the batch; its
+    files are checked here (present, built for this run's setup), before any step.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -348,6 +357,9 @@ def build_dataloader(
         log.warning(
             "%d shard files do not exist (first: %s); they will be skipped and counted", len(missing), missing[0]
         )
+    if frozen_cache is not None:
+        checked = frozen_cache.check(sorted({p for paths in shards for p in paths if Path(p).is_file()}))
+        log.info("frozen-output cache (%s): %d files checked", frozen_cache.kind, checked)
     plan = LoaderPlan(
         stage=stage,
         config=config,
@@ -360,5 +372,6 @@ def build_dataloader(
         world_size=world_size,
         seed=seed,
         caption_filter=caption_filter,
+        frozen_cache=frozen_cache,
     )
     return StatefulLoader(plan)

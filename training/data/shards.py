@@ -151,7 +151,7 @@ class ShardReader:
             while pos.shard < len(shard_ids):
                 shard_id = shard_ids[pos.shard]
                 url = self.shards[shard_id]
-                for index, key, members in self._read_shard(url, skip=pos.sample):
+                for index, key, members in read_shard(url, pos.sample, self._on_error, self.name):
                     # Advance first: once yielded, the sample counts as read (exact resume point).
                     pos.sample = index + 1
                     counter = pos.epoch_sample
@@ -175,29 +175,33 @@ class ShardReader:
             pos.sample = 0
             pos.epoch_sample = 0
 
-    def _read_shard(self, url: str, skip: int) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-        """(index in shard, key, members) of every sample from index ``skip`` on; errors end the shard early."""
-        try:
-            stream = open(url, "rb")  # closed in finally (the generator may be abandoned)
-        except OSError as err:
-            self._on_error("skipped_missing_shard", f"source {self.name!r}: cannot open shard {url}: {err}")
-            return
-        errors: list[Exception] = []
-        try:
-            files = _until_error(({**f, "__url__": url} for f in tar_file_iterator(stream)), errors)
-            for index, sample in enumerate(group_by_keys(files)):
-                if index < skip:
-                    continue
-                key = sample.pop("__key__")
-                sample.pop("__url__", None)
-                yield index, key, _members(sample)
-        except Exception as err:  # e.g. a member name twice in one sample
-            errors.append(err)
-        finally:
-            stream.close()
-        if errors:  # a broken tar ends that shard, never the run
-            self._on_error("skipped_bad_shard",
-                           f"source {self.name!r}: shard {url} is unreadable from here on: {errors[0]}")
+
+def read_shard(url: str, skip: int = 0, on_error: Callable[[str, str], None] | None = None,
+               name: str = "") -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """(index in shard, key, members) of every sample of one shard from index ``skip`` on; a missing shard or a
+    read error ends it early and is reported to ``on_error(kind, message)`` (the loader's skip counters; the
+    frozen-output cache builder reads shards the same way)."""
+    on_error = on_error or (lambda kind, message: log.warning("%s", message))
+    try:
+        stream = open(url, "rb")  # closed in finally (the generator may be abandoned)
+    except OSError as err:
+        on_error("skipped_missing_shard", f"source {name!r}: cannot open shard {url}: {err}")
+        return
+    errors: list[Exception] = []
+    try:
+        files = _until_error(({**f, "__url__": url} for f in tar_file_iterator(stream)), errors)
+        for index, sample in enumerate(group_by_keys(files)):
+            if index < skip:
+                continue
+            key = sample.pop("__key__")
+            sample.pop("__url__", None)
+            yield index, key, _members(sample)
+    except Exception as err:  # e.g. a member name twice in one sample
+        errors.append(err)
+    finally:
+        stream.close()
+    if errors:  # a broken tar ends that shard, never the run
+        on_error("skipped_bad_shard", f"source {name!r}: shard {url} is unreadable from here on: {errors[0]}")
 
 
 def _until_error(files: Iterator[dict[str, Any]], errors: list[Exception]) -> Iterator[dict[str, Any]]:

@@ -14,6 +14,9 @@ from PIL import Image
 
 from kosmos_g_core.image import resize_and_crop
 
+# The target transform below, in words: part of a stage-3 cache file's identity (a change here invalidates caches).
+TARGET_TRANSFORM = "short side to R bilinear (resize_and_crop), centre crop R x R, x / 127.5 - 1"
+
 
 def target_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """Diffusion target (3, size, size) float32 in [-1, 1] from an RGB image (bilinear, as torchvision Resize)."""

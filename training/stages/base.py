@@ -44,6 +44,8 @@ class Stage:
     find_unused_parameters: bool = False
     # FSDP2: methods other than forward that run the model (sampling), so parameters are gathered for them too.
     fsdp_forward_methods: tuple[str, ...] = ()
+    # True when the stage reads the frozen-output cache under `[sd15] cache_outputs` (training/data/frozen_cache.py).
+    caches_frozen_outputs: bool = False
 
     def check_config(self, cfg) -> object:
         """The stage's own tables: keys, value types and ranges, before anything is built (raise to refuse)."""
@@ -247,14 +249,35 @@ def layer_units(module: nn.Module) -> list[nn.Module]:
     return [layer for m in module.modules() if isinstance(m, LayerStack) for layer in m]
 
 
-def frozen_dtype(cfg) -> torch.dtype:
-    """The dtype of the frozen SD1.5 parts: `[sd15] dtype`, where `auto` follows `[parallel] precision`."""
-    from kosmos_g_core.dtypes import dtype_from_name
-
+def frozen_dtype_name(cfg) -> str:
+    """`[sd15] dtype`, where `auto` follows `[parallel] precision`: fp32 | bf16 | fp16."""
     name = cfg.sd15.dtype
     if name == "auto":
         name = cfg.parallel.precision if cfg.parallel.precision in ("bf16", "fp16") else "fp32"
-    return dtype_from_name(name, "[sd15] dtype")
+    return name
+
+
+def frozen_dtype(cfg) -> torch.dtype:
+    """The dtype of the frozen SD1.5 parts (`frozen_dtype_name`)."""
+    from kosmos_g_core.dtypes import dtype_from_name
+
+    return dtype_from_name(frozen_dtype_name(cfg), "[sd15] dtype")
+
+
+def cache_identity(cfg, frozen: nn.Module, tokenizer=None):
+    """The identity a frozen-output cache file must carry to be used by this run (and that `training.build_cache`
+    writes): the frozen part's weights hash, the CLIP tokenizer (stage 2), the input transform, the target resolution
+    (stage 3), the frozen dtype and the autocast precision. One owner for the trainer and the builder."""
+    from training.data.frozen_cache import STAGE_KIND, CacheIdentity, tokenizer_digest, weights_digest
+    from training.data.transforms import TARGET_TRANSFORM
+    from training.sd15 import CLIP_IDS_RULE
+
+    kind = STAGE_KIND[cfg.stage]
+    clip = kind == "clip_text"
+    return CacheIdentity(kind=kind, weights=weights_digest(frozen), tokenizer=tokenizer_digest(tokenizer) if clip else "",
+                         transform=CLIP_IDS_RULE if clip else TARGET_TRANSFORM,
+                         resolution=0 if clip else cfg.sd15.resolution, dtype=frozen_dtype_name(cfg),
+                         precision=cfg.parallel.precision, model=str(cfg.sd15.path))
 
 
 class KosmosStage(Stage):
@@ -310,7 +333,12 @@ class KosmosStage(Stage):
         return build_dataloader(
             self.name, dict(cfg.data), module.kosmos.tokenizer, image_size=module.kosmos.config.vision.image_size,
             target_size=self.target_size(cfg), batch_size=check_batch_size(cfg.data), rank=rank,
-            world_size=world_size, seed=cfg.run.seed, caption_filter=self.caption_filter(module))
+            world_size=world_size, seed=cfg.run.seed, caption_filter=self.caption_filter(module),
+            frozen_cache=self.frozen_cache(cfg, module))
+
+    def frozen_cache(self, cfg, module: StageModule):
+        """The frozen-output cache the loader reads (`[sd15] cache_outputs`), or None: recompute every step."""
+        return None
 
     def target_size(self, cfg) -> int:
         """Side of the target images the loader prepares (0 = none)."""

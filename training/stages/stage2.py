@@ -8,7 +8,9 @@ AlignerNet M and N trained.
     loss = mse + rec
 
 Captions over 75 CLIP tokens are dropped by the loader (caption_filter); longer-than-85 SentencePiece tokens too
-(the loader's stage-2 default). The frozen MLLM keeps train-mode dropout, as the official run did.
+(the loader's stage-2 default). The frozen MLLM keeps train-mode dropout, as the official run did, so its hidden
+states are computed every step; the CLIP target depends on the caption alone and, with `[sd15] cache_outputs`, comes
+from the cache files of `python -m training.build_cache` (batch["clip_target"], training/data/frozen_cache.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..sd15 import clip_caption_filter, clip_ids
-from .base import KosmosStage, StageModule, check_condition_width, register, to_device
+from ..sd15 import clip_caption_filter, clip_text_target
+from .base import KosmosStage, StageModule, cache_identity, check_condition_width, register, to_device
 
 
 class Aligning(StageModule):
@@ -28,9 +30,11 @@ class Aligning(StageModule):
         tokens = to_device(batch["tokens"], self.device)  # (B, T): [<s>] + caption
         text_encoder, clip_tokenizer = self.frozen["text_encoder"], self.frozen["clip_tokenizer"]
         with torch.no_grad():
-            hidden = self.kosmos.mllm_forward(tokens)  # (B, T, D) frozen MLLM
-            ids = clip_ids(clip_tokenizer, list(batch["captions"]), self.device)  # (B, 77)
-            target = text_encoder(ids).last_hidden_state  # (B, 77, 768)
+            hidden = self.kosmos.mllm_forward(tokens)  # (B, T, D) frozen MLLM, train-mode dropout: never cached
+            if "clip_target" in batch:  # (B, 77, 768) from the frozen-output cache
+                target = batch["clip_target"].to(self.device)
+            else:
+                target = clip_text_target(text_encoder, clip_tokenizer, list(batch["captions"]), self.device)
         z = self.kosmos.align(hidden, tokens)  # (B, 77, 768)
         mse = F.mse_loss(z.float(), target.float())
         T = tokens.shape[1]
@@ -46,6 +50,7 @@ class Stage2(KosmosStage):
     find_unused_parameters = False   # every trainable tensor (M and N) is used by every batch
     aligner_mode = "with_decoder"
     sd15_parts = ("text_encoder",)
+    caches_frozen_outputs = True     # [sd15] cache_outputs: see frozen_cache below
 
     def assemble(self, cfg, kosmos, parts) -> Aligning:
         check_condition_width(kosmos, parts.text_encoder.config.hidden_size, "the CLIP text encoder", cfg.sd15.path)
@@ -53,6 +58,13 @@ class Stage2(KosmosStage):
         module.add_frozen("text_encoder", parts.text_encoder)
         module.add_frozen("clip_tokenizer", parts.tokenizer)
         return self.finish_model(cfg, module)
+
+    def frozen_cache(self, cfg, module: StageModule):
+        if not cfg.sd15.cache_outputs:
+            return None
+        from training.data.frozen_cache import FrozenCache
+
+        return FrozenCache(cache_identity(cfg, module.frozen["text_encoder"], module.frozen["clip_tokenizer"]))
 
     def caption_filter(self, module: StageModule):
         """Captions the frozen CLIP text encoder would truncate are dropped (its tokenizer decides)."""

@@ -2,7 +2,8 @@
 `kosmos-g/unilm/models/kosmosg.py:311-319`).
 
     c        = M(MLLM(tokens, images))                      (B, 77, 768), 10 % replaced by null = M(MLLM([<s>]))
-    latents  = VAE.encode(target).sample() * 0.18215        frozen
+    latents  = VAE.encode(target).sample() * 0.18215        frozen; with `[sd15] cache_outputs` the posterior (mean,
+                                                            std) comes from the cache and eps is still drawn per step
     x_t      = DDPM.add_noise(latents, eps, t),  t ~ U{0..999}
     loss     = mean_b mean_{C,H,W} (UNet(x_t, t, c) - eps)^2   frozen U-Net, gradient flows through it into c
 
@@ -21,9 +22,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..distributed import is_fsdp, unwrap
+from ..sd15 import memory_format_of, sample_posterior, vae_posterior
 from .base import (
     KosmosStage,
     StageModule,
+    cache_identity,
     check_condition_width,
     last_vit_block_prefixes,
     register,
@@ -39,6 +42,15 @@ class InstructionTuning(StageModule):
     def __init__(self, kosmos, cond_dropout: float):
         super().__init__(kosmos)
         self.cond_dropout = cond_dropout
+        self._posterior_layout: torch.memory_format | None = None
+
+    def posterior_layout(self, vae, target: Tensor) -> torch.memory_format:
+        """The memory layout of the VAE's posterior for batches like `target` here (sd15.memory_format_of): found by
+        encoding the first cached batch once (no RNG is drawn), so cached latents are laid out, and then noised,
+        exactly as encoded ones."""
+        if self._posterior_layout is None:
+            self._posterior_layout = memory_format_of(vae_posterior(vae, target)[0])
+        return self._posterior_layout
 
     def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         batch = to_device(batch, self.device)
@@ -56,7 +68,13 @@ class InstructionTuning(StageModule):
         cond = torch.where(drop[:, None, None], null.expand_as(cond), cond)
 
         with torch.no_grad():
-            latents = vae.encode(target.to(vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
+            if "latent_mean" in batch:  # the target's posterior from the frozen-output cache, each (B, 4, R/8, R/8)
+                layout = self.posterior_layout(vae, target)
+                mean, std = (batch[k].contiguous(memory_format=layout) for k in ("latent_mean", "latent_std"))
+            else:
+                mean, std = vae_posterior(vae, target)
+            # eps drawn here, every step, exactly as latent_dist.sample() draws it
+            latents = sample_posterior(mean, std) * vae.config.scaling_factor  # (B, 4, R/8, R/8)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (B,), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -108,6 +126,7 @@ class Stage3(KosmosStage):
     fsdp_forward_methods = ("sample_conditions",)
     aligner_mode = "encoder"
     sd15_parts = ("unet", "vae")
+    caches_frozen_outputs = True     # [sd15] cache_outputs: see frozen_cache below
 
     def trainable_prefixes(self, cfg, kosmos) -> list[str]:
         return list(cfg.model.trainable) or [*self.default_trainable, *last_vit_block_prefixes(kosmos)]
@@ -148,6 +167,13 @@ class Stage3(KosmosStage):
 
     def target_size(self, cfg) -> int:
         return cfg.sd15.resolution
+
+    def frozen_cache(self, cfg, module: StageModule):
+        if not cfg.sd15.cache_outputs:
+            return None
+        from training.data.frozen_cache import FrozenCache
+
+        return FrozenCache(cache_identity(cfg, module.frozen["vae"]))
 
     def sample(self, model, step: int, writer, cfg) -> None:
         if not cfg.sample.prompts:
