@@ -152,12 +152,12 @@ def test_the_empty_negative_is_computed_once_until_the_weights_change(kosmos_tok
         model.aligner.encoder_query.add_(1.0)  # an in-place weight change (an optimiser step, a weight patch)
     moved = model.encode("a dog").uncond
     assert len(calls) == 5 and not torch.allclose(moved, first)
-    torch.testing.assert_close(moved, model.condition(model.collate([""])), rtol=0, atol=0)
+    torch.testing.assert_close(moved, model.condition(model.collate([""])), rtol=0, atol=0)  # (one more call)
     model.encode("a dog", negative="blurry")
-    assert len(calls) == 7  # a negative text is computed each time
-    model.float().to(torch.bfloat16)
+    assert len(calls) == 8  # a negative text is computed each time
+    model.to(torch.bfloat16)
     model.encode("a dog")
-    assert len(calls) == 9  # another dtype: computed again
+    assert len(calls) == 10  # another dtype: computed again
     with torch.enable_grad():
         model.train()
         model.null_condition().sum().backward()  # training (stage 3) never reads the cache: its gradient flows
