@@ -123,10 +123,11 @@ class KosmosG(nn.Module):
         """The unconditional embedding (1, 77, 768) (SDXL: (1, 77, 2048)): M(MLLM([<s>])), or M(MLLM([<s>] +
         negative)) when given.
 
-        The empty negative's embedding is the same for every prompt, so outside autograd (inference: `encode`, the
-        nodes, the samplers) it is computed once and kept until the weights, their dtype or their device change
-        (`_null_key`). With gradients enabled (stage 3, where the weights move every step) it is always computed."""
-        if negative or torch.is_grad_enabled() or self.training:
+        The empty negative's embedding is the same for every prompt, so under inference_mode (`encode`, which the
+        nodes and samplers call) it is computed once and kept until the weights, their dtype or their device change
+        (`_null_key`). Anywhere else it is always computed: in stage 3 the weights move every step, and the trainer's
+        sample hook may see FSDP's sharded parameters, whose in-place updates the key would not be sure to see."""
+        if negative or not torch.is_inference_mode_enabled() or self.training:
             return self.condition(self.collate([negative_prompt(negative)]))
         key = self._null_key()
         if key is None:
