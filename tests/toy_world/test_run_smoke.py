@@ -35,16 +35,19 @@ def test_smoke_run_end_to_end(tmp_path):
     assert all(resumed[k] == timings[k] for k in ("data", "base_model", "stage1", "stage2", "stage3"))
     assert resumed["total"] >= sum(timings[k] for k in ("base_model", "stage1", "stage2", "stage3"))
 
-    # The diagnostics read the same run folder: every stage export, caption choice a share of the 20 subjects.
+    # The diagnostics read the same run folder: every stage export, attribute choice a share of the 20 subjects (and
+    # of the 5 held-out ones).
     from training.toy_world.diagnose import diagnose_run, format_table
 
     diagnosis = diagnose_run(tmp_path)
     assert set(diagnosis) == {"stage1", "stage2", "stage3"}
     for row in diagnosis.values():
-        assert {round(row[f"caption_choice_{k}"] * 20, 6) % 1 for k in ("scene", "cutout")} == {0.0}
-        assert {round(row[f"caption_choice_{k}_held_out"] * 5, 6) % 1 for k in ("scene", "cutout")} == {0.0}
+        for kind in ("scene", "cutout"):
+            for attribute in ("colour", "shape"):
+                assert round(row[f"choice_{kind}_{attribute}_all"] * 20, 6) % 1 == 0.0
+                assert round(row[f"choice_{kind}_{attribute}_held_out"] * 5, 6) % 1 == 0.0
     assert diagnosis["stage3"]["spread_across_images"] >= 0 and "spread_across_images" not in diagnosis["stage1"]
-    assert json.loads((tmp_path / "diagnose.json").read_text())["chance_caption_choice"] == 0.05
+    assert json.loads((tmp_path / "diagnose.json").read_text())["chance_choice"] == {"colour": 0.2, "shape": 0.25}
     assert format_table(diagnosis).count("\n") == 5
 
 

@@ -47,6 +47,10 @@ def test_subject_count_and_caption_hides_appearance():
     scene = Scene(Subject("cross", "cyan"), "at night", 0.5, 0.5)
     assert scene.caption() == "a toy at night"
     assert scene.caption(describe=True) == "a cyan crossed toy at night"
+    assert scene.caption(describe=True, attributes=("colour",)) == "a cyan toy at night"
+    assert scene.caption(describe=True, attributes=("shape",)) == "a crossed toy at night"
+    with pytest.raises(ValueError, match="expected one of"):
+        scene.caption(describe=True, attributes=("size",))
     [(name, start, end)] = scene.entity_spans()
     assert scene.caption()[start:end] == name == "toy"
 
@@ -58,6 +62,7 @@ def test_two_subject_scene_caption_spans_and_prompts():
     scene = PairScene(Subject("cross", "cyan"), Subject("disc", "red"), "on the beach")
     assert scene.caption() == text_prompt(scene) == "a toy next to a block on the beach"
     assert scene.caption(describe=True) == "a cyan crossed toy next to a red round block on the beach"
+    assert scene.caption(describe=True, attributes=("colour", "shape")) == "a cyan toy next to a round block on the beach"
     assert [scene.caption()[a:b] for _, a, b in scene.entity_spans()] == ["toy", "block"]
     assert image_prompt(scene) == "a <i> next to a <i> on the beach"
     assert image_prompt(Scene(Subject("cross", "cyan"), "at night", 0.5, 0.5)) == "a <i> at night"
@@ -180,6 +185,33 @@ def test_no_kosmos_g_training_shard_shows_a_held_out_subject(tmp_path):
                 shown += 1
                 pairs += len(readings) == 2
     assert shown == 400 and 0.25 < pairs / shown < 0.45  # PAIR_PROB = 0.35 of the scenes show two subjects
+
+
+def test_stage1_single_attribute_captions_never_pair_a_colour_with_a_shape(tmp_path):
+    """Stage 1's single-attribute captions name each subject by its colour or its shape word, never both, so the
+    language model cannot learn which colour goes with which shape (and read a held-out pair as improbable); both
+    attributes are named, about equally often."""
+    import tarfile
+
+    from training.toy_world.scenes import COLOURS, SHAPES
+    from training.toy_world.shards import write_caption_shards, write_reference_shards
+
+    paths = [*write_caption_shards(tmp_path / "c", 200, 0, describe_prob=1.0, single_attribute=True),
+             *write_reference_shards(tmp_path / "r", 200, 0, single_attribute=True)]
+    named = {"colour": 0, "shape": 0}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            texts = [tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")]
+        for text in texts:
+            words = text.split()
+            colours = [i for i, w in enumerate(words) if w in COLOURS]
+            shapes = [i for i, w in enumerate(words) if w in SHAPES.values()]
+            subjects = 2 if "next to" in text else 1
+            assert len(colours) + len(shapes) == subjects, text  # one attribute word per subject
+            assert not any(i + 1 in shapes for i in colours), text  # never "red round"
+            named["colour"] += len(colours)
+            named["shape"] += len(shapes)
+    assert 0.4 < named["colour"] / (named["colour"] + named["shape"]) < 0.6
 
 
 def test_control_subject_shares_no_attribute_and_scores_are_split():

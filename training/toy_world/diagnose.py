@@ -2,11 +2,11 @@
 
     python -m training.toy_world.diagnose --run runs/toy_world      # prints a table, writes <run>/diagnose.json
 
-* caption choice (every stage): after a subject's picture, which of the 20 attribute captions ("<image> a red round
-  toy on the grass", stage 1's image-then-caption layout) does the MLLM find the most likely? Accuracy over the 20
-  subjects and over the 5 held-out ones alone (`_held_out`), shown as a scene and as the white-background cut-out
-  the evaluation uses; chance 0.05. Stage 1 must
-  teach this: an MLLM that cannot tell subjects apart from their pictures gives stage 3 nothing to carry.
+* attribute choice (every stage): after a subject's picture, which colour word ("<image> a red toy on the grass",
+  stage 1's image-then-caption layout) and which shape word does the MLLM find the most likely? Accuracy per
+  attribute over the 20 subjects and over the 5 held-out ones alone (`_held_out`), shown as a scene and as the
+  white-background cut-out the evaluation uses; chance 0.2 (colour) and 0.25 (shape). Stage 1 must teach this: an
+  MLLM that cannot tell subjects apart from their pictures gives stage 3 nothing to carry.
 * conditioning spread (stages with an AlignerNet trained, 2 and 3): the standard deviation of the (77, C)
   conditioning across the 20 subjects' reference images ("a <i> on the grass"), averaged over its elements, next to
   the same across the 5 places ("a toy on the beach") and across the 20 described subjects ("a red round toy on the
@@ -25,7 +25,7 @@ import torch
 from training.cli import setup_logging
 from training.evaluation.report import markdown_table, write_json
 
-from .scenes import PLACES, Scene, all_subjects, is_held_out, reference_image, render
+from .scenes import ATTRIBUTES, PLACES, Scene, all_subjects, is_held_out, reference_image, render
 
 log = logging.getLogger(__name__)
 
@@ -39,33 +39,41 @@ def _pictures(kind: str) -> list:
     return [reference_image(s, cutout=True) for s in all_subjects()]
 
 
-@torch.no_grad()
-def caption_choice_accuracy(model, kind: str = "cutout") -> dict[str, float]:
-    """Share of the subjects whose own attribute caption is the most likely of the 20 after their picture: over all
-    20 ("all"), the 15 seen ones and the 5 held out of every KOSMOS-G stage ("held_out": whether the MLLM reads a
-    colour-shape combination it never saw)."""
+def _caption_log_likelihoods(model, picture, captions: list[str]) -> torch.Tensor:
+    """(len(captions),) summed log p of each caption's own tokens after `picture`, in stage 1's image-then-caption
+    layout."""
     from kosmos_g_core.prompt import InterleavedPrompt, PromptImage
 
+    batch = model.collate([InterleavedPrompt(("", PromptImage(picture), c)) for c in captions])
+    tokens = batch.tokens.to(model.device)
+    image_mask = batch.image_mask.to(model.device)
+    hidden = model.mllm_forward(tokens, model.encode_images(batch.pixels.to(model.device, model.dtype)),
+                                image_mask)  # (N, T, D)
+    logp = torch.log_softmax(model.mllm.logits(hidden[:, :-1]).float(), -1)  # (N, T-1, vocab)
+    logp = logp.gather(-1, tokens[:, 1:, None])[..., 0]  # (N, T-1): log p of each next token
+    text = (tokens[:, 1:] != model.tokenizer.PAD) & ~image_mask[:, 1:]  # the caption's own tokens
+    return (logp * text).sum(1)
+
+
+@torch.no_grad()
+def attribute_choice_accuracy(model, kind: str = "cutout") -> dict[str, float]:
+    """For each attribute, the share of the subjects whose own word is the most likely after their picture
+    ("<image> a red toy on the grass" against the other colours; "... a round toy ..." against the other shapes):
+    over all 20 subjects and over the 5 held out of every KOSMOS-G stage (whether the MLLM reads the colour and the
+    shape of a combination it never saw). Captions naming one attribute, as stage 1 is trained on, so no language
+    prior over colour-shape pairs enters the choice."""
     subjects = all_subjects()
-    captions = [f"a {s.description()} toy {PROBE_PLACE}" for s in subjects]
-    correct = []
-    for i, picture in enumerate(_pictures(kind)):
-        batch = model.collate([InterleavedPrompt(("", PromptImage(picture), c)) for c in captions])
-        tokens = batch.tokens.to(model.device)
-        image_mask = batch.image_mask.to(model.device)
-        hidden = model.mllm_forward(tokens, model.encode_images(batch.pixels.to(model.device, model.dtype)),
-                                    image_mask)  # (20, T, D)
-        logp = torch.log_softmax(model.mllm.logits(hidden[:, :-1]).float(), -1)  # (20, T-1, vocab)
-        logp = logp.gather(-1, tokens[:, 1:, None])[..., 0]  # (20, T-1): log p of each next token
-        text = (tokens[:, 1:] != model.tokenizer.PAD) & ~image_mask[:, 1:]  # the caption's own tokens
-        correct.append(int((logp * text).sum(1).argmax()) == i)
     held_out = [is_held_out(s) for s in subjects]
-
-    def share(keep: bool | None) -> float:
-        picked = [c for c, h in zip(correct, held_out, strict=True) if keep is None or h == keep]
-        return sum(picked) / len(picked)
-
-    return {"all": share(None), "seen": share(False), "held_out": share(True)}
+    result: dict[str, float] = {}
+    for attribute in ATTRIBUTES:
+        words = sorted({s.description(attribute) for s in subjects})
+        captions = [f"a {w} toy {PROBE_PLACE}" for w in words]
+        correct = [words[int(_caption_log_likelihoods(model, picture, captions).argmax())] == s.description(attribute)
+                   for s, picture in zip(subjects, _pictures(kind), strict=True)]
+        result[f"{attribute}_all"] = sum(correct) / len(correct)
+        result[f"{attribute}_held_out"] = (sum(c for c, h in zip(correct, held_out, strict=True) if h)
+                                           / sum(held_out))
+    return result
 
 
 @torch.no_grad()
@@ -98,8 +106,7 @@ def diagnose_run(run_dir: str | Path) -> dict:
         model = load_checkpoint(export, dtype=torch.float32).eval()
         row = {}
         for kind in ("scene", "cutout"):
-            choice = caption_choice_accuracy(model, kind)
-            row |= {f"caption_choice_{kind}": choice["all"], f"caption_choice_{kind}_held_out": choice["held_out"]}
+            row |= {f"choice_{kind}_{k}": v for k, v in attribute_choice_accuracy(model, kind).items()}
         if stage != "stage1":  # stage 1's AlignerNet is still the random one of the init
             row |= {f"spread_{k}": v for k, v in conditioning_spread(model).items()}
         results[stage] = row
@@ -107,7 +114,8 @@ def diagnose_run(run_dir: str | Path) -> dict:
     if not results:
         raise FileNotFoundError(f"no stage export (stage1/export.safetensors ...) under {run_dir}: point --run at "
                                 "the folder of a `python -m training.toy_world.run` run")
-    write_json({"stages": results, "chance_caption_choice": 1 / len(all_subjects())}, run_dir / "diagnose.json")
+    chance = {a: 1 / len({s.description(a) for s in all_subjects()}) for a in ATTRIBUTES}
+    write_json({"stages": results, "chance_choice": chance}, run_dir / "diagnose.json")
     return results
 
 

@@ -49,6 +49,8 @@ PAIR_JITTER = 0.03
 # Share of two-subject scenes in every toy training set (the base model's and KOSMOS-G's). SD1.5 can draw two given
 # things side by side, so the frozen toy U-Net must too, or no two-entity prompt could succeed whatever KOSMOS-G does.
 PAIR_PROB = 0.35
+# The two attributes a subject has; a stage-1 caption may name one of them alone (`Scene.caption(attributes=...)`).
+ATTRIBUTES = ("colour", "shape")
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,15 @@ class Subject:
     def name(self) -> str:
         return f"{self.colour}_{self.shape}"
 
-    def description(self) -> str:
-        """The attribute words the base model learns: 'red round'."""
-        return f"{self.colour} {SHAPES[self.shape]}"
+    def description(self, attribute: str | None = None) -> str:
+        """The attribute words the base model learns: 'red round'; with `attribute` ("colour" or "shape") only that
+        one word: 'red', 'round'."""
+        words = {"colour": self.colour, "shape": SHAPES[self.shape]}
+        if attribute is None:
+            return f"{words['colour']} {words['shape']}"
+        if attribute not in words:
+            raise ValueError(f"attribute {attribute!r}: expected one of {ATTRIBUTES}")
+        return words[attribute]
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,10 @@ class Scene:
     cx: float  # subject centre, fractions of the side
     cy: float
 
-    def caption(self, describe: bool = False) -> str:
-        subject = f"{self.subject.description()} {CLASS_WORD}" if describe else CLASS_WORD
+    def caption(self, describe: bool = False, attributes: tuple[str | None] = (None,)) -> str:
+        """'a toy on the beach'; described: 'a red round toy on the beach', or with `attributes` = ("colour",) /
+        ("shape",) the one word: 'a red toy on the beach' (one entry per subject, as PairScene.caption)."""
+        subject = f"{self.subject.description(attributes[0])} {CLASS_WORD}" if describe else CLASS_WORD
         return f"a {subject} {self.place}"
 
     def entity_spans(self) -> list[tuple[str, int, int]]:
@@ -100,9 +110,11 @@ class PairScene:
     dx: tuple[float, float] = (0.0, 0.0)  # centre offsets from PAIR_CENTRES, fractions of the side
     dy: tuple[float, float] = (0.0, 0.0)
 
-    def caption(self, describe: bool = False) -> str:
-        first = f"{self.left.description()} {CLASS_WORD}" if describe else CLASS_WORD
-        second = f"{self.right.description()} {SECOND_CLASS_WORD}" if describe else SECOND_CLASS_WORD
+    def caption(self, describe: bool = False, attributes: tuple[str | None, str | None] = (None, None)) -> str:
+        """'a toy next to a block on the beach'; described, each subject with both words or, per `attributes`
+        entry, one: 'a red toy next to a pointed block on the beach'."""
+        first = f"{self.left.description(attributes[0])} {CLASS_WORD}" if describe else CLASS_WORD
+        second = f"{self.right.description(attributes[1])} {SECOND_CLASS_WORD}" if describe else SECOND_CLASS_WORD
         return f"a {first} next to a {second} {self.place}"
 
     def entity_spans(self) -> list[tuple[str, int, int]]:

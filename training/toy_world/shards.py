@@ -6,10 +6,13 @@ compositional) shows two subjects side by side ("a toy next to a block on the be
 
 * captions (stages 2, 3): `{key}.jpg` scene, `{key}.txt` caption; on `describe_prob` of them the caption names
   the subject's colour and shape words (so stage 2 aligns those words to the base text encoder too).
-* stage-1 captions: the same scenes, every caption naming the subject ("a red round toy on the beach"), plus
-  reference-style pictures of a subject alone (its crop with background or its white cut-out, as stage 3 and the
-  evaluation show it) captioned "a red round toy". Multimodal pretraining is where the MLLM learns what a picture
-  shows (why both kinds of caption: docs/evaluation.md, "What each run taught").
+* stage-1 captions: the same scenes, every caption naming the subject, plus reference-style pictures of a subject
+  alone (its crop with background or its white cut-out, as stage 3 and the evaluation show it) captioned
+  "a red toy". Multimodal pretraining is where the MLLM learns what a picture shows (why both kinds of caption:
+  docs/evaluation.md, "What each run taught"). With `single_attribute` (the toy run's default for stage 1) each
+  subject is named by one of its two attribute words, drawn at random ("a red toy on the beach", "a round toy"):
+  captions naming both ("a red round toy") would teach the language model which colour goes with which shape, and a
+  held-out pair, never written, would read as improbable whatever the picture shows.
 * compositional (stage 3): `{key}.jpg`, `{key}.json` {"caption": "a toy on the beach", "entities": [{"name": "toy",
   "span": [2, 5]}]}, `{key}.ent0.crop.jpg` (square crop with background), `{key}.ent0.cut.png` (white-background
   cut-out), `{key}.ent0.mask.png` (full-image mask); two-subject scenes have entities "toy" and "block" and files
@@ -27,6 +30,7 @@ from PIL import Image
 from training.data.writer import ShardWriter, encode_jpeg, encode_png
 
 from .scenes import (
+    ATTRIBUTES,
     CLASS_WORD,
     PAIR_PROB,
     PLACES,
@@ -57,28 +61,39 @@ def entity_images(scene: Scene | PairScene, entity: int = 0,
     return crop, cut.resize((size, size), Image.BICUBIC), mask
 
 
+def _attributes(rng: random.Random, count: int, single_attribute: bool) -> tuple[str | None, ...]:
+    """Per subject, the attribute word its caption names: one drawn at random, or None (both words)."""
+    return tuple(rng.choice(ATTRIBUTES) if single_attribute else None for _ in range(count))
+
+
 def write_caption_shards(out_dir: str | Path, count: int, seed: int, describe_prob: float = 0.5,
-                         pair_prob: float = PAIR_PROB, per_shard: int = 500) -> list[Path]:
+                         pair_prob: float = PAIR_PROB, per_shard: int = 500,
+                         single_attribute: bool = False) -> list[Path]:
     rng = random.Random(f"captions/{seed}")
     with ShardWriter(out_dir, "captions", per_shard) as writer:
         for i in range(count):
             scene = random_any_scene(rng, pair_prob, seen_subjects())
+            describe = rng.random() < describe_prob
+            attributes = _attributes(rng, len(scene.subjects), single_attribute)
             writer.write({"__key__": f"c{i:06d}", "jpg": encode_jpeg(render(scene, SCENE_SIZE)),
-                          "txt": scene.caption(describe=rng.random() < describe_prob)})
+                          "txt": scene.caption(describe=describe, attributes=attributes)})
     return writer.paths
 
 
-def write_reference_shards(out_dir: str | Path, count: int, seed: int, per_shard: int = 500) -> list[Path]:
-    """Pictures of one subject alone, captioned with what it looks like: half white cut-outs, half crops on a random
-    place, at a random framing (the subject fills 56-90 % of the side)."""
+def write_reference_shards(out_dir: str | Path, count: int, seed: int, per_shard: int = 500,
+                           single_attribute: bool = False) -> list[Path]:
+    """Pictures of one subject alone, captioned with what it looks like ("a red round toy", or with
+    `single_attribute` one word: "a red toy" / "a round toy"): half white cut-outs, half crops on a random place,
+    at a random framing (the subject fills 56-90 % of the side)."""
     rng = random.Random(f"references/{seed}")
     with ShardWriter(out_dir, "references", per_shard) as writer:
         for i in range(count):
             subject = random_scene(rng, subjects=seen_subjects()).subject
             image = reference_image(subject, SCENE_SIZE, cutout=rng.random() < 0.5, place=rng.choice(list(PLACES)),
                                     crop=rng.uniform(2 * SUBJECT_HALF / 0.9, 1.0))
+            attribute = _attributes(rng, 1, single_attribute)[0]
             writer.write({"__key__": f"r{i:06d}", "jpg": encode_jpeg(image),
-                          "txt": f"a {subject.description()} {CLASS_WORD}"})
+                          "txt": f"a {subject.description(attribute)} {CLASS_WORD}"})
     return writer.paths
 
 
