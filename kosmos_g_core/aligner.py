@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import AlignerConfig
 from .layers import Attention, LayerStack, Ops, TransformerLayer, factory, key_padding_mask, subln_init_
+from .ops import CoreOps
 
 
 class PositionalEncoder(nn.Module):
@@ -30,7 +31,7 @@ class PositionalEncoder(nn.Module):
     `embed_tokens`; `out_dim` adds `output_projection`."""
 
     def __init__(self, cfg: AlignerConfig, *, in_dim: int | None = None, out_dim: int | None = None,
-                 dtype=None, device=None, ops: Ops = nn):
+                 dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.embed_tokens = ops.Linear(in_dim, cfg.dim, **f) if in_dim else None
@@ -62,7 +63,7 @@ class QueryDecoder(nn.Module):
     """torchscale Decoder in encoder-decoder mode, fed learned queries (no positions, no causal mask)."""
 
     def __init__(self, cfg: AlignerConfig, *, memory_dim: int | None = None, dtype=None, device=None,
-                 ops: Ops = nn):
+                 ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.layers = LayerStack(
@@ -90,7 +91,7 @@ class PooledHead(nn.Module):
     has one too, and a trainer or node that holds a context gets its pooled vector with `KosmosG.pooled(context)`.
     """
 
-    def __init__(self, cfg: AlignerConfig, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: AlignerConfig, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.query = nn.Parameter(torch.empty(1, cfg.dim, **f))
@@ -112,7 +113,7 @@ class PooledHead(nn.Module):
 class AlignerNet(nn.Module):
     """`aligner` of the official checkpoint: encoder M, and decoder N when `cfg.with_decoder`."""
 
-    def __init__(self, cfg: AlignerConfig, mllm_dim: int, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: AlignerConfig, mllm_dim: int, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.config = cfg

@@ -30,6 +30,7 @@ from torch import nn
 from .config import HEAD_DIM, KosmosGConfig, detect_config, shape_mismatches
 from .layers import Ops
 from .model import KosmosG
+from .ops import CoreOps
 from .safetensors_file import DTYPE_NAMES, SafetensorsFormatError, read_tensor_bytes
 from .safetensors_file import TensorEntry as _Entry
 from .safetensors_file import read_header as read_safetensors_header
@@ -196,7 +197,7 @@ def _file_float_dtype(entries: Mapping[str, _Entry]) -> torch.dtype:
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None,
-                    device: torch.device | str = "cpu", ops: Ops = nn) -> KosmosG:
+                    device: torch.device | str = "cpu", ops: Ops = CoreOps) -> KosmosG:
     """Load a pack checkpoint strictly. `dtype=None` keeps the file's precision. The tokenizer is attached."""
     path = Path(path)
     entries, metadata = _read_entries(path)

@@ -12,10 +12,11 @@ from torch import nn
 
 from .config import ConnectorConfig
 from .layers import Attention, Ops, factory
+from .ops import CoreOps
 
 
 class Connector(nn.Module):
-    def __init__(self, cfg: ConnectorConfig, vision_width: int, dim: int, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: ConnectorConfig, vision_width: int, dim: int, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.dense = ops.Linear(vision_width, dim, **f)

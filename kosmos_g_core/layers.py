@@ -5,13 +5,13 @@ They follow the bundled torchscale of microsoft/unilm `kosmos-g/` (`torchscale/c
 blocks, an extra LayerNorm on the self-attention output before `out_proj` (`inner_attn_ln`, never on cross-attention)
 and one on the FFN's hidden layer before `fc2` (`ffn_layernorm`). Attribute names are the official ones so official
 state dicts load key for key. Every constructor takes `dtype`, `device` and an `ops` namespace (`Linear`,
-`LayerNorm`, `Embedding`, `Conv2d`; default `torch.nn`) so ComfyUI can pass its own casting layers.
+`LayerNorm`, `Embedding`, `Conv2d`; default `ops.CoreOps`, torch.nn's with a CPU fast path) so ComfyUI can pass its
+own casting layers.
 """
 
 from __future__ import annotations
 
 import math
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-Ops = Any  # a namespace with Linear, LayerNorm, Embedding, Conv2d (torch.nn or comfy.ops.*)
+from .ops import CoreOps
+
+Ops = Any  # a namespace with Linear, LayerNorm, Embedding, Conv2d (CoreOps, torch.nn or comfy.ops.*)
 
 
 def factory(dtype: torch.dtype | None, device: torch.device | str | None) -> dict[str, Any]:
@@ -33,7 +35,7 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, *, kdim: int | None = None, subln: bool = False, dropout: float = 0.0,
-                 dtype=None, device=None, ops: Ops | ModuleType = nn):
+                 dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         kdim = kdim or dim
         f = factory(dtype, device)
@@ -75,7 +77,7 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """fc1 -> exact GELU (in fp32, as torchscale) -> ffn_layernorm (Sub-LN) -> fc2."""
 
-    def __init__(self, dim: int, ffn_dim: int, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, dim: int, ffn_dim: int, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.fc1 = ops.Linear(dim, ffn_dim, **f)
@@ -99,7 +101,7 @@ class TransformerLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, *, cross_attention: bool = False, dropout: float = 0.0,
                  attention_dropout: float = 0.0, memory_dim: int | None = None, dtype=None, device=None,
-                 ops: Ops = nn):
+                 ops: Ops = CoreOps):
         """`memory_dim`: the width of what the cross-attention reads, when it is not `dim` (its k/v projections
         then map memory_dim -> dim)."""
         super().__init__()

@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import MLLMConfig
 from .layers import LayerStack, Ops, TransformerLayer, factory, subln_init_
+from .ops import CoreOps
 
 
 def sinusoidal_positions(tokens: torch.Tensor, dim: int, pad_id: int) -> torch.Tensor:
@@ -39,7 +40,7 @@ def sinusoidal_positions(tokens: torch.Tensor, dim: int, pad_id: int) -> torch.T
 class MLLM(nn.Module):
     """`gpt_model.decoder` of the official checkpoint."""
 
-    def __init__(self, cfg: MLLMConfig, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: MLLMConfig, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.config = cfg

@@ -22,6 +22,7 @@ from .config import KosmosGConfig
 from .connector import Connector
 from .layers import LayerStack, Ops
 from .mllm import MLLM
+from .ops import CoreOps
 from .prompt import InterleavedPrompt, PromptBatch, collate, negative_prompt
 from .tokenizer import KosmosTokenizer
 from .vision import VisionTransformer
@@ -37,7 +38,7 @@ PromptLike = InterleavedPrompt | str
 
 class KosmosG(nn.Module):
     def __init__(self, config: KosmosGConfig, *, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, ops: Ops = nn):
+                 device: torch.device | str | None = None, ops: Ops = CoreOps):
         super().__init__()
         f = {"dtype": dtype, "device": device, "ops": ops}
         self.config = config

@@ -12,10 +12,11 @@ from torch import nn
 
 from .config import VisionConfig
 from .layers import Attention, LayerStack, Ops, factory
+from .ops import CoreOps
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, width: int, hidden: int, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         self.c_fc = ops.Linear(width, hidden, **factory(dtype, device))
         self.c_proj = ops.Linear(hidden, width, **factory(dtype, device))
@@ -26,7 +27,7 @@ class MLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: VisionConfig, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.ln_1 = ops.LayerNorm(cfg.width, **f)
@@ -42,7 +43,7 @@ class ResidualAttentionBlock(nn.Module):
 class _Transformer(nn.Module):
     """Only here so the keys read `transformer.resblocks.N.*`, as in open_clip."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: VisionConfig, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         self.resblocks = LayerStack(
             ResidualAttentionBlock(cfg, dtype=dtype, device=device, ops=ops) for _ in range(cfg.layers)
@@ -50,7 +51,7 @@ class _Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype=None, device=None, ops: Ops = nn):
+    def __init__(self, cfg: VisionConfig, *, dtype=None, device=None, ops: Ops = CoreOps):
         super().__init__()
         f = factory(dtype, device)
         self.config = cfg

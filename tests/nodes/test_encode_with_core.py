@@ -32,7 +32,8 @@ def test_one_prompt_gives_77x768_positive_and_null_negative(pi, tiny_model):
     cond, uncond = tiny_model.encode(list(prompts))
     assert cond.shape == uncond.shape == (1, 77, 768)
     assert torch.isfinite(cond).all()
-    assert torch.allclose(uncond, tiny_model.null_condition())
+    with torch.inference_mode():  # as encode runs: half-precision CPU products in fp32 (kosmos_g_core/ops.py)
+        assert torch.equal(uncond, tiny_model.null_condition())
     (text_null,) = tiny_model.encode(list(pi.text_prompt("")))[:1]
     assert torch.allclose(text_null, uncond)
 
