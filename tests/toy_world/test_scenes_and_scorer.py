@@ -3,6 +3,7 @@
 import io
 import random
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -212,6 +213,34 @@ def test_stage1_single_attribute_captions_never_pair_a_colour_with_a_shape(tmp_p
             named["colour"] += len(colours)
             named["shape"] += len(shapes)
     assert 0.4 < named["colour"] / (named["colour"] + named["shape"]) < 0.6
+
+
+def test_off_palette_pictures_show_a_shape_in_no_palette_colour(tmp_path):
+    """Stage 1's off-palette pictures: the colour is far from every subject and background colour (so no palette
+    subject, held-out ones included, is shown), the caption names the shape alone, and the scorer reads the shape."""
+    import tarfile
+
+    from training.toy_world.scenes import OFF_PALETTE_DISTANCE, SHAPES, off_palette_colour
+    from training.toy_world.shards import write_reference_shards
+
+    rng = random.Random(0)
+    palette = [np.asarray(c, float) for c in (*COLOURS.values(), *PLACES.values())]
+    for _ in range(200):
+        colour = np.asarray(off_palette_colour(rng), float)
+        assert min(np.linalg.norm(colour - p) for p in palette) >= OFF_PALETTE_DISTANCE
+    subject = Subject("triangle", "red")
+    painted = np.asarray(reference_image(subject, fill=(90, 200, 120)))
+    palette_picture = np.asarray(reference_image(subject))
+    own = (palette_picture == COLOURS["red"]).all(-1)  # the triangle's pixels in its palette colour
+    assert own.sum() > 500 and (painted[own] == (90, 200, 120)).all() and (painted[~own] == palette_picture[~own]).all()
+
+    paths = write_reference_shards(tmp_path / "r", 300, 0, single_attribute=True, off_palette_prob=0.5)
+    shape_only = 0
+    for path in paths:
+        with tarfile.open(path) as tar:
+            texts = [tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")]
+        shape_only += sum(any(f" {w} " in t for w in SHAPES.values()) for t in texts)
+    assert 0.6 < shape_only / 300 < 0.9  # half off-palette (shape words) + a half of the rest named by shape
 
 
 def test_control_subject_shares_no_attribute_and_scores_are_split():

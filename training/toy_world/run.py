@@ -54,6 +54,10 @@ class ToyRunConfig:
     # improbable: after stage 1 the MLLM picked the held-out subject's own caption for 0 of 5 in every seed of the
     # study before this (docs/evaluation.md), and held-out shapes did not transfer (0.047).
     stage1_single_attribute: bool = True
+    # Half of stage 1's reference pictures show a seen subject's shape in a colour outside the palette, captioned
+    # "a round toy" (scenes.OFF_PALETTE_DISTANCE says why): with one-attribute captions alone the MLLM still named
+    # the shape of none of the 5 held-out subjects after stage 1 (seed 0), their colour of all 5.
+    stage1_off_palette: float = 0.5
     stage2_steps: int = 300
     stage2_lr: float = 1e-3
     # 2,400 steps on compositional shards with half two-subject scenes (the shared PAIR_PROB is 0.35): with 1,600
@@ -188,7 +192,8 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
             write_caption_shards(shards / "stage1_captions", cfg.caption_scenes, cfg.seed, describe_prob=1.0,
                                  single_attribute=cfg.stage1_single_attribute),
             write_reference_shards(shards / "references", cfg.caption_scenes, cfg.seed,
-                                   single_attribute=cfg.stage1_single_attribute),
+                                   single_attribute=cfg.stage1_single_attribute,
+                                   off_palette_prob=cfg.stage1_off_palette),
             write_compositional_shards(shards / "compositional", cfg.compositional_scenes, cfg.seed,
                                        pair_prob=cfg.stage3_pair_prob)))
     base_dir = out / "base"

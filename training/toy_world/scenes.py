@@ -51,6 +51,12 @@ PAIR_JITTER = 0.03
 PAIR_PROB = 0.35
 # The two attributes a subject has; a stage-1 caption may name one of them alone (`Scene.caption(attributes=...)`).
 ATTRIBUTES = ("colour", "shape")
+# Stage 1 may also show the shapes in colours outside the palette (`off_palette_colour`), captioned by shape alone.
+# A pretrained CLIP has seen every shape in every colour; the toy ViT, trained from scratch on 15 combinations, saw
+# each shape in 3 or 4 colours and learned conjunctions: after stage 1 it named the colour of all 5 held-out subjects
+# and the shape of none (`python -m training.toy_world.diagnose`). An off-palette colour is at least this far (RGB)
+# from every palette and background colour, so no such picture shows a palette subject, held-out ones included.
+OFF_PALETTE_DISTANCE = 90.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,15 @@ def random_any_scene(rng: random.Random, pair_prob: float, subjects: list[Subjec
     return random_scene(rng, subjects=subjects)
 
 
+def off_palette_colour(rng: random.Random) -> tuple[int, int, int]:
+    """A random RGB colour at least OFF_PALETTE_DISTANCE from every subject and background colour."""
+    taken = [np.asarray(c, np.float64) for c in (*COLOURS.values(), *PLACES.values())]
+    while True:
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        if min(float(np.linalg.norm(np.asarray(colour, np.float64) - t)) for t in taken) >= OFF_PALETTE_DISTANCE:
+            return colour
+
+
 def shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]] | None:
     """Polygon vertices in pixels for a shape centred at (cx, cy) with half-extent `half`; None for the disc."""
     if shape == "disc":
@@ -213,11 +228,12 @@ def subject_mask(shape: str, size: int, cx: float, cy: float, half: float = SUBJ
     return np.asarray(img) > 127
 
 
-def render(scene: Scene | PairScene, size: int = 32) -> Image.Image:
+def render(scene: Scene | PairScene, size: int = 32, fill: tuple[int, int, int] | None = None) -> Image.Image:
+    """The scene's picture; `fill` paints every subject in that RGB colour instead of its palette colour."""
     img = Image.new("RGB", (size, size), PLACES[scene.place])
     draw = ImageDraw.Draw(img)
     for subject, cx, cy, half in scene.placed():
-        draw_subject(draw, subject.shape, cx * size, cy * size, half * size, COLOURS[subject.colour])
+        draw_subject(draw, subject.shape, cx * size, cy * size, half * size, fill or COLOURS[subject.colour])
     return img
 
 
@@ -228,12 +244,13 @@ def render_mask(scene: Scene | PairScene, size: int = 32, entity: int = 0) -> Im
 
 
 def reference_image(subject: Subject, size: int = 64, cutout: bool = False, place: str = "on the grass",
-                    crop: float = 0.75) -> Image.Image:
+                    crop: float = 0.75, fill: tuple[int, int, int] | None = None) -> Image.Image:
     """The subject's reference picture: a square crop around it with background, or the white-background cut-out.
 
-    `crop` = side of the crop as a fraction of the scene side (the subject fills 2 * SUBJECT_HALF of the scene)."""
+    `crop` = side of the crop as a fraction of the scene side (the subject fills 2 * SUBJECT_HALF of the scene);
+    `fill` paints the subject's shape in another colour (render)."""
     scene = Scene(subject, place, 0.5, 0.5)
-    big = render(scene, size=round(size / crop))
+    big = render(scene, size=round(size / crop), fill=fill)
     if cutout:
         mask = render_mask(scene, big.width)
         big = Image.composite(big, Image.new("RGB", big.size, (255, 255, 255)), mask)

@@ -37,6 +37,7 @@ from .scenes import (
     SUBJECT_HALF,
     PairScene,
     Scene,
+    off_palette_colour,
     random_any_scene,
     random_scene,
     reference_image,
@@ -81,17 +82,19 @@ def write_caption_shards(out_dir: str | Path, count: int, seed: int, describe_pr
 
 
 def write_reference_shards(out_dir: str | Path, count: int, seed: int, per_shard: int = 500,
-                           single_attribute: bool = False) -> list[Path]:
+                           single_attribute: bool = False, off_palette_prob: float = 0.0) -> list[Path]:
     """Pictures of one subject alone, captioned with what it looks like ("a red round toy", or with
     `single_attribute` one word: "a red toy" / "a round toy"): half white cut-outs, half crops on a random place,
-    at a random framing (the subject fills 56-90 % of the side)."""
+    at a random framing (the subject fills 56-90 % of the side). A share `off_palette_prob` shows a shape in a
+    random colour outside the palette (`scenes.off_palette_colour`), captioned by its shape alone ("a round toy")."""
     rng = random.Random(f"references/{seed}")
     with ShardWriter(out_dir, "references", per_shard) as writer:
         for i in range(count):
             subject = random_scene(rng, subjects=seen_subjects()).subject
+            fill = off_palette_colour(rng) if off_palette_prob > 0 and rng.random() < off_palette_prob else None
             image = reference_image(subject, SCENE_SIZE, cutout=rng.random() < 0.5, place=rng.choice(list(PLACES)),
-                                    crop=rng.uniform(2 * SUBJECT_HALF / 0.9, 1.0))
-            attribute = _attributes(rng, 1, single_attribute)[0]
+                                    crop=rng.uniform(2 * SUBJECT_HALF / 0.9, 1.0), fill=fill)
+            attribute = "shape" if fill else _attributes(rng, 1, single_attribute)[0]
             writer.write({"__key__": f"r{i:06d}", "jpg": encode_jpeg(image),
                           "txt": f"a {subject.description(attribute)} {CLASS_WORD}"})
     return writer.paths
