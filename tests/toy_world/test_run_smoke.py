@@ -43,11 +43,14 @@ def test_smoke_run_end_to_end(tmp_path):
     assert set(diagnosis) == {"stage1", "stage2", "stage3"}
     for row in diagnosis.values():
         for kind in ("scene", "cutout"):
+            assert round(row[f"caption_choice_{kind}"] * 20, 6) % 1 == 0.0
+            assert round(row[f"caption_choice_{kind}_held_out"] * 5, 6) % 1 == 0.0
             for attribute in ("colour", "shape"):
                 assert round(row[f"choice_{kind}_{attribute}_all"] * 20, 6) % 1 == 0.0
                 assert round(row[f"choice_{kind}_{attribute}_held_out"] * 5, 6) % 1 == 0.0
     assert diagnosis["stage3"]["spread_across_images"] >= 0 and "spread_across_images" not in diagnosis["stage1"]
-    assert json.loads((tmp_path / "diagnose.json").read_text())["chance_choice"] == {"colour": 0.2, "shape": 0.25}
+    assert json.loads((tmp_path / "diagnose.json").read_text())["chance_choice"] == {"caption": 0.05, "colour": 0.2,
+                                                                                "shape": 0.25}
     assert format_table(diagnosis).count("\n") == 5
 
 

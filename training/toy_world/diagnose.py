@@ -2,6 +2,10 @@
 
     python -m training.toy_world.diagnose --run runs/toy_world      # prints a table, writes <run>/diagnose.json
 
+* caption choice (every stage): after a subject's picture, which of the 20 attribute captions ("<image> a red round
+  toy on the grass", stage 1's default captions) does the MLLM find the most likely? Over the 20 subjects and the 5
+  held-out ones alone (`_held_out`); chance 0.05. A held-out caption was never written, so the language model's
+  prior weighs against it: hence also
 * attribute choice (every stage): after a subject's picture, which colour word ("<image> a red toy on the grass",
   stage 1's image-then-caption layout) and which shape word does the MLLM find the most likely? Accuracy per
   attribute over the 20 subjects and over the 5 held-out ones alone (`_held_out`), shown as a scene and as the
@@ -56,6 +60,25 @@ def _caption_log_likelihoods(model, picture, captions: list[str]) -> torch.Tenso
 
 
 @torch.no_grad()
+def caption_choice_accuracy(model, kind: str = "cutout") -> dict[str, float]:
+    """Share of the subjects whose own attribute caption ("a red round toy on the grass", as stage 1 is trained by
+    default) is the most likely of the 20 after their picture: over all 20 ("all"), the 15 seen ones and the 5 held
+    out of every KOSMOS-G stage ("held_out"). A held-out caption was never written, so the language model's prior
+    over colour-shape pairs weighs against it whatever the picture shows; attribute_choice_accuracy has no prior."""
+    subjects = all_subjects()
+    captions = [f"a {s.description()} toy {PROBE_PLACE}" for s in subjects]
+    correct = [int(_caption_log_likelihoods(model, picture, captions).argmax()) == i
+               for i, picture in enumerate(_pictures(kind))]
+    held_out = [is_held_out(s) for s in subjects]
+
+    def share(keep: bool | None) -> float:
+        picked = [c for c, h in zip(correct, held_out, strict=True) if keep is None or h == keep]
+        return sum(picked) / len(picked)
+
+    return {"all": share(None), "seen": share(False), "held_out": share(True)}
+
+
+@torch.no_grad()
 def attribute_choice_accuracy(model, kind: str = "cutout") -> dict[str, float]:
     """For each attribute, the share of the subjects whose own word is the most likely after their picture
     ("<image> a red toy on the grass" against the other colours; "... a round toy ..." against the other shapes):
@@ -106,6 +129,8 @@ def diagnose_run(run_dir: str | Path) -> dict:
         model = load_checkpoint(export, dtype=torch.float32).eval()
         row = {}
         for kind in ("scene", "cutout"):
+            choice = caption_choice_accuracy(model, kind)
+            row |= {f"caption_choice_{kind}": choice["all"], f"caption_choice_{kind}_held_out": choice["held_out"]}
             row |= {f"choice_{kind}_{k}": v for k, v in attribute_choice_accuracy(model, kind).items()}
         if stage != "stage1":  # stage 1's AlignerNet is still the random one of the init
             row |= {f"spread_{k}": v for k, v in conditioning_spread(model).items()}
@@ -114,7 +139,8 @@ def diagnose_run(run_dir: str | Path) -> dict:
     if not results:
         raise FileNotFoundError(f"no stage export (stage1/export.safetensors ...) under {run_dir}: point --run at "
                                 "the folder of a `python -m training.toy_world.run` run")
-    chance = {a: 1 / len({s.description(a) for s in all_subjects()}) for a in ATTRIBUTES}
+    chance = {"caption": 1 / len(all_subjects())}
+    chance |= {a: 1 / len({s.description(a) for s in all_subjects()}) for a in ATTRIBUTES}
     write_json({"stages": results, "chance_choice": chance}, run_dir / "diagnose.json")
     return results
 
