@@ -136,7 +136,8 @@ class SD15Parts:
         return self.base == SDXL
 
 
-def _is_diffusers_folder(path: Path) -> bool:
+def is_diffusers_folder(path: Path) -> bool:
+    """A saved diffusers pipeline folder (model_index.json, or any of unet/, vae/, text_encoder/), not a single file."""
     return path.is_dir() and (path / "model_index.json").is_file() or any(
         (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder"))
 
@@ -162,7 +163,7 @@ def base_kind(path: str | Path) -> str:
     if not path:
         return SD15
     path = Path(path)
-    if _is_diffusers_folder(path):
+    if is_diffusers_folder(path):
         unet = path / "unet" / "config.json"
         if (path / "text_encoder_2").is_dir():
             return SDXL
@@ -401,7 +402,7 @@ def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, tex
     path = Path(path)
     _require(path, "an SD1.5 diffusers folder or single-file checkpoint")
     parts = SD15Parts(base=base_kind(path))
-    if _is_diffusers_folder(path):
+    if is_diffusers_folder(path):
         if text_encoder and parts.is_sdxl:
             _load_sdxl_text_encoders(parts, path, device, dtype, tokenizer_path)
         elif text_encoder:
@@ -490,7 +491,7 @@ def sd15_architectures(path: str | Path, sdxl: bool = False) -> dict:
     )
 
     path = Path(path) if path else None
-    if path is not None and _is_diffusers_folder(path):
+    if path is not None and is_diffusers_folder(path):
         out = {"base": base_kind(path),
                "unet": dict(UNet2DConditionModel.load_config(str(path), subfolder="unet", local_files_only=True)),
                "vae": dict(AutoencoderKL.load_config(str(path), subfolder="vae", local_files_only=True))}
