@@ -272,7 +272,7 @@ def _kosmos_config(cfg, stage) -> tuple[object, str, bool]:
     from kosmos_g_core.checkpoint import read_header
     from kosmos_g_core.config import PRESETS
 
-    from .sd15 import SDXL, is_diffusers_folder, base_kind
+    from .sd15 import SDXL, base_kind, is_diffusers_folder
     from .stages.base import stage_kosmos_config
 
     if cfg.model.init and Path(cfg.model.init).is_file():

@@ -3,14 +3,17 @@ random KOSMOS-G init, and everything the tiny configs (training/configs/tiny/*.t
 
     python -m training.tiny_assets runs/tiny-assets
     python -m training.tiny_assets --sd15-only runs/tiny-sd15     # just the SD1.5-like folder
+    python -m training.tiny_assets --sdxl runs/tiny-assets        # also sdxl/, for the tiny SDXL configs
 
-writes `sd15/` (a tiny random SD1.5-like diffusers folder), `shards/<kind>/` (synthetic webdataset shards of every
+writes `sd15/` (a tiny random SD1.5-like diffusers folder; with --sdxl also `sdxl/`, an SDXL-like one), `shards/<kind>/` (synthetic webdataset shards of every
 kind) and `kosmos_tokenizer/` (a copy of the KOSMOS-G tokenizer files; default: the official ones shipped in
 `kosmos_g_core/assets/kosmos_tokenizer/`). Then the stages chain:
 
     python -m training.train --config training/configs/tiny/stage1.toml
     python -m training.train --config training/configs/tiny/stage2.toml
     python -m training.train --config training/configs/tiny/stage3.toml
+
+and for SDXL (after stage 1), `tiny/stage2_sdxl.toml` then `tiny/stage3_sdxl.toml`.
 """
 
 from __future__ import annotations
@@ -210,11 +213,14 @@ def write_tiny_sdxl(folder: str | Path, seed: int = 0, *, text_widths: tuple[int
     return folder
 
 
-def write_tiny_assets(out_dir: str | Path, kosmos_tokenizer: str | Path | None = None, samples: int = 16) -> Path:
+def write_tiny_assets(out_dir: str | Path, kosmos_tokenizer: str | Path | None = None, samples: int = 16,
+                      sdxl: bool = False) -> Path:
     from training.data.synthetic import write_synthetic_shards
 
     out = Path(out_dir)
     write_tiny_sd15(out / "sd15")
+    if sdxl:
+        write_tiny_sdxl(out / "sdxl")
     for kind in SHARD_KINDS:
         write_synthetic_shards(out / "shards" / kind, kind, samples, samples_per_shard=4)
     if kosmos_tokenizer:
@@ -237,6 +243,10 @@ def main() -> None:
     parser.add_argument("out_dir", nargs="?", default="runs/tiny-assets", help="output folder (default runs/tiny-assets)")
     parser.add_argument("--sd15-only", action="store_true",
                         help="write only the tiny random SD1.5-like diffusers folder, into out_dir itself")
+    parser.add_argument("--sdxl", action="store_true",
+                        help="also write sdxl/, a tiny random SDXL-like diffusers folder (~90 MB; the tiny SDXL configs)")
+    parser.add_argument("--sdxl-only", action="store_true",
+                        help="write only the tiny random SDXL-like diffusers folder, into out_dir itself")
     parser.add_argument("--kosmos-tokenizer", default=str(BUNDLED_DIR),
                         help="folder with sentencepiece.bpe.model + dict.txt (default: the official files shipped in "
                              "kosmos_g_core/assets/kosmos_tokenizer/)")
@@ -244,24 +254,30 @@ def main() -> None:
     setup_logging()
     if args.sd15_only:
         log.info("wrote %s", write_tiny_sd15(args.out_dir))
+    elif args.sdxl_only:
+        log.info("wrote %s", write_tiny_sdxl(args.out_dir))
     else:
-        log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer))
+        log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer, sdxl=args.sdxl))
 
 
 if __name__ == "__main__":
     main()
 
 
-def write_tiny_init(path: str | Path, kosmos_tokenizer: str | Path, seed: int = 0) -> Path:
-    """A random tiny-preset KOSMOS-G in the pack format (a stand-in for a Kosmos-2 conversion in smoke runs)."""
+def write_tiny_init(path: str | Path, kosmos_tokenizer: str | Path, seed: int = 0, preset: str = "tiny",
+                    aligner: bool = True) -> Path:
+    """A random KOSMOS-G of a tiny preset (`tiny`, or `tiny_sdxl` with SDXL's heads) in the pack format (a stand-in
+    for a Kosmos-2 conversion in smoke runs). `aligner=False` leaves AlignerNet out, as a Kosmos-2 conversion or a
+    stage-1 export has it: stage 2 then creates the one that fits its base."""
     from kosmos_g_core.checkpoint import save_checkpoint
-    from kosmos_g_core.config import KosmosGConfig
+    from kosmos_g_core.config import PRESETS
     from kosmos_g_core.model import KosmosG
     from kosmos_g_core.tokenizer import KosmosTokenizer
 
     folder = Path(kosmos_tokenizer)
     torch.manual_seed(seed)
-    model = KosmosG(KosmosGConfig.tiny(), dtype=torch.float32)
+    config = PRESETS[preset] if aligner else PRESETS[preset].without_aligner()
+    model = KosmosG(config, dtype=torch.float32)
     tokenizer = KosmosTokenizer.from_files(folder / "sentencepiece.bpe.model", folder / "dict.txt")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
