@@ -43,7 +43,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -265,15 +265,19 @@ class PlanModel:
         return sum(b for _, b, _ in self.parts.values())
 
 
-def _kosmos_config(cfg, stage) -> tuple[object, str, bool]:
-    """(the stage's KOSMOS-G config, where it came from, whether the frozen base is SDXL). The base is read from
-    `[sd15] path` when it is a folder here (`base_kind`, as the trainer reads it); else it follows the KOSMOS-G model:
-    SDXL when its AlignerNet (init's, or the one `[model] aligner_preset` creates) has SDXL's heads."""
+def plan_kosmos_config(cfg, stage) -> tuple[object, str, bool]:
+    """(the stage's KOSMOS-G config, where it came from, whether the frozen base is SDXL).
+
+    KOSMOS-G: `[model] init`'s header when the file is here; else `[model] preset`, with the AlignerNet of
+    `[model] aligner_preset` when that is set (the shipped SDXL configs name `sdxl`: the AlignerNet stage 2 creates,
+    and the one stage 2's export hands to stage 3). The base is read from `[sd15] path` when it is a folder here
+    (`base_kind`, as the trainer reads it); else it follows the KOSMOS-G model: SDXL when its AlignerNet has SDXL's
+    heads."""
     from kosmos_g_core.checkpoint import read_header
     from kosmos_g_core.config import PRESETS
 
     from .sd15 import SDXL, base_kind, is_diffusers_folder
-    from .stages.base import stage_kosmos_config
+    from .stages.base import aligner_preset, stage_kosmos_config
 
     if cfg.model.init and Path(cfg.model.init).is_file():
         config, _ = read_header(cfg.model.init)
@@ -282,8 +286,11 @@ def _kosmos_config(cfg, stage) -> tuple[object, str, bool]:
         if cfg.model.preset not in PRESETS:
             raise ValueError(f"[model] preset = {cfg.model.preset!r}: unknown; expected one of {sorted(PRESETS)}")
         config = PRESETS[cfg.model.preset]
-        where = f"[model] preset {cfg.model.preset!r}" + (
-            f" ([model] init {cfg.model.init} not found here)" if cfg.model.init else "")
+        where = f"[model] preset {cfg.model.preset!r}"
+        if cfg.model.aligner_preset:
+            config = replace(config, aligner=aligner_preset(cfg, config.mllm.dim))
+            where += f" with [model] aligner_preset {cfg.model.aligner_preset!r}"
+        where += f" ([model] init {cfg.model.init} not found here)" if cfg.model.init else ""
     if cfg.sd15.path and is_diffusers_folder(Path(cfg.sd15.path)):
         sdxl = base_kind(cfg.sd15.path) == SDXL
     else:
@@ -314,7 +321,7 @@ def build_plan_model(cfg, *, fake: bool = True) -> PlanModel:
         raise ValueError(f"--plan knows stages {', '.join(PLAN_STAGES)}; {cfg.source or 'the config'} is "
                          f"stage = {cfg.stage!r}")
     stage.check_config(cfg)
-    config, where, sdxl = _kosmos_config(cfg, stage)
+    config, where, sdxl = plan_kosmos_config(cfg, stage)
     fake_mode = None
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode

@@ -365,18 +365,28 @@ def test_shipped_sdxl_configs_parse(name):
         assert cfg.stage == "stage2" or cfg.sd15.resolution == 1024
 
 
-def test_the_shipped_sdxl_configs_plan_sdxl_at_its_real_size():
-    """Without the SDXL folder here, the planner builds SDXL base 1.0's architecture because the config's KOSMOS-G
-    is an SDXL one: the parameter counts of stabilityai/stable-diffusion-xl-base-1.0's parts."""
+def test_the_shipped_sdxl_configs_plan_sdxl_base_1_0_without_its_folder():
+    """Without the SDXL folder here, the planner takes the KOSMOS-G of the config ([model] aligner_preset = "sdxl")
+    and, because it is an SDXL one, SDXL base 1.0's architecture: the parameter counts of
+    stabilityai/stable-diffusion-xl-base-1.0's parts (built on the meta device here; the plan builds them fake)."""
     from training import memory_plan as mp
+    from training.sd15 import build_sd15_parts, sd15_architectures
 
-    stage2 = mp.build_plan_model(load_config(CONFIGS / "stage2_sdxl.toml"))
-    assert stage2.module.kosmos.config.condition_shape == (77, 2048) and stage2.module.kosmos.config.pooled_dim == 1280
-    assert stage2.parts["frozen SDXL text_encoder"][0] == 123_060_480       # CLIP ViT-L/14 text
-    assert stage2.parts["frozen SDXL text_encoder_2"][0] == 694_659_840     # OpenCLIP bigG text + projection
-    stage3 = mp.build_plan_model(load_config(CONFIGS / "stage3_sdxl.toml"))
-    assert stage3.parts["frozen SDXL unet"][0] == 2_567_463_684
-    assert stage3.parts["frozen SDXL vae"][0] == 83_653_863
+    for name in ("stage2_sdxl", "stage3_sdxl"):
+        cfg = load_config(CONFIGS / f"{name}.toml")
+        config, where, sdxl = mp.plan_kosmos_config(cfg, STAGES[cfg.stage]())
+        assert sdxl and config.condition_shape == (77, 2048) and config.pooled_dim == 1280, name
+        assert config.aligner.dim == 768 and config.aligner.with_decoder == (cfg.stage == "stage2")
+        assert "aligner_preset 'sdxl'" in where and "not found here" in where
+    architectures = sd15_architectures("models/stable-diffusion-xl-base-1.0", sdxl=True)
+    assert architectures["base"] == SDXL
+    with torch.device("meta"):
+        parts = build_sd15_parts(architectures, torch.bfloat16, text_encoder=True, unet=True, vae=True)
+    counts = {name: sum(p.numel() for p in getattr(parts, name).parameters())
+              for name in ("text_encoder", "text_encoder_2", "unet", "vae")}
+    assert counts == {"text_encoder": 123_060_480,       # CLIP ViT-L/14 text tower
+                      "text_encoder_2": 694_659_840,     # OpenCLIP ViT-bigG/14 text tower + projection
+                      "unet": 2_567_463_684, "vae": 83_653_863}
 
 
 # -- the trainer's own SDXL file --------------------------------------------------------------------------------------

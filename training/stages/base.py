@@ -145,7 +145,7 @@ class StageModule(nn.Module):
 
 
 # -- building the KOSMOS-G model of a stage ---------------------------------------------------------------------------
-def _aligner_preset(cfg, mllm_dim: int, sdxl: bool = False):
+def aligner_preset(cfg, mllm_dim: int, sdxl: bool = False):
     """`[model] aligner_preset`'s AlignerNet, or when "" the one that fits: official sizes for a 2048-wide MLLM, else
     tiny; with SDXL's heads (`sdxl` / `tiny_sdxl`) when the frozen base is SDXL."""
     from kosmos_g_core.config import PRESETS
@@ -218,7 +218,7 @@ def stage_kosmos_config(cfg, config, aligner: str, sdxl: bool = False):
     the memory planner (training/memory_plan.py) share."""
     if aligner == "keep":
         return config
-    base = config.aligner or _aligner_preset(cfg, config.mllm.dim, sdxl)
+    base = config.aligner or aligner_preset(cfg, config.mllm.dim, sdxl)
     return replace(config, aligner=replace(base, with_decoder=(aligner == "with_decoder")))
 
 
