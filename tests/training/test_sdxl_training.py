@@ -301,6 +301,20 @@ def test_stage3_loss_decreases_through_the_frozen_sdxl_unet_into_the_pooled_head
     assert all(torch.equal(unet_before[k], v) for k, v in unet.state_dict().items())
 
 
+def test_stage3_grounding_supervision_runs_on_the_sdxl_unet(assets):
+    """[semantic] grounding hooks the U-Net's cross-attention layers: SDXL's (over the 2048-wide context) work too."""
+    cfg = make_cfg(assets, "stage3", ["compositional"], init="sdxl_m.safetensors")
+    cfg = replace(cfg, semantic={"grounding_weight": 0.1, "grounding_sizes": []})
+    stage = STAGES["stage3"]()
+    model = stage.build_model(cfg, CPU)
+    torch.manual_seed(0)
+    loss, metrics = stage.loss(model, first_batch(stage, cfg, model), 0)
+    loss.backward()
+    assert metrics["loss/semantic/grounding"] > 0
+    assert float(loss.detach()) == pytest.approx(metrics["loss/diffusion"] + metrics["loss/semantic/grounding"],
+                                                 rel=1e-5)
+
+
 def test_stage3_sdxl_samples_render(assets, tmp_path):
     cfg = make_cfg(assets, "stage3", ["captions"], init="sdxl_m.safetensors")
     cfg = replace(cfg, run=replace(cfg.run, out_dir=str(tmp_path)),
