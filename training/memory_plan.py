@@ -732,8 +732,9 @@ def format_plan(plan: Plan) -> str:
         f"and workspaces) x (1 - {plan.fragmentation:g} fragmentation)",
         f"model: KOSMOS-G from {m.architecture}",
     ]
+    width = max(24, *(len(name) for name in m.parts))  # 24: the SD1.5 names; SDXL's text_encoder_2 is longer
     for name, (numel, nbytes, dtype) in m.parts.items():
-        lines.append(f"  {name:<24} {numel / 1e6:9.1f} M  {dtype:<5} {_gib(nbytes):>6} GiB")
+        lines.append(f"  {name:<{width}} {numel / 1e6:9.1f} M  {dtype:<5} {_gib(nbytes):>6} GiB")
     tr = sum(m.trainable_numels)
     lines.append(f"  gradients {_gib(4 * tr)} GiB (fp32); AdamW states {_gib(adamw_state_bytes(m.trainable_numels))} "
                  f"GiB (2 x fp32, simulated step agrees), 8-bit {_gib(adamw8bit_state_bytes(m.trainable_numels))} GiB")
