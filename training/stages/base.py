@@ -326,6 +326,8 @@ class KosmosStage(Stage):
         from ..sd15 import SDXL, base_kind
 
         sdxl = bool(self.sd15_parts) and base_kind(cfg.sd15.path) == SDXL
+        if self.sd15_parts:
+            log.info("frozen base: %s (%s)", "SDXL" if sdxl else "SD1.5", cfg.sd15.path)
         kosmos = build_kosmos(cfg, device, aligner=self.aligner_mode, sdxl=sdxl)
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), tokenizer_path=cfg.sd15.tokenizer,
                           **dict.fromkeys(self.sd15_parts, True)) if self.sd15_parts else None
