@@ -74,23 +74,37 @@ def resize_and_crop(image: Image.Image, size: int = 224, crop: int | None = None
     and ``int(round((w - crop) / 2.0))`` (Python's round, half to even). Example: 112x67 (WxH) at size 64 is resized
     to 106x64 (64 * 112 / 67 = 106.99) and cropped from left ``round(21.0)`` = 21.
     """
+    image = _limit_aspect_ratio(image)
+    new_width, new_height, top, left, crop = _resize_and_crop_plan(*image.size, size, crop)
+    if (new_width, new_height) != image.size:
+        image = image.resize((new_width, new_height), resample)
+    return image.crop((left, top, left + crop, top + crop))
+
+
+def crop_offsets(width: int, height: int, size: int, crop: int | None = None) -> tuple[int, int]:
+    """(top, left): where `resize_and_crop(image, size, crop)` of a `width` x `height` image cuts its crop, in pixels
+    of the resized image (short side `size`). SDXL is conditioned on this ("crop_coords_top_left", as diffusers'
+    SDXL training computes it after its resize). An image past MAX_ASPECT_RATIO is first centre-cropped to it, and
+    the offsets are then those within that shortened image."""
+    _, _, top, left, _ = _resize_and_crop_plan(*_limited_size(width, height), size, crop)
+    return top, left
+
+
+def _resize_and_crop_plan(width: int, height: int, size: int, crop: int | None) -> tuple[int, int, int, int, int]:
+    """(new width, new height, top, left, crop) of resize_and_crop's rule for an image of that size."""
     crop = size if crop is None else crop
     for name, value in (("size", size), ("crop", crop)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if crop > size:
         raise ValueError(f"crop ({crop}) must not exceed size ({size}): the centre crop would need padding")
-    image = _limit_aspect_ratio(image)
-    width, height = image.size
     if width <= height:
         new_width, new_height = size, int(size * height / width)
     else:
         new_width, new_height = int(size * width / height), size
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), resample)
     top = int(round((new_height - crop) / 2.0))
     left = int(round((new_width - crop) / 2.0))
-    return image.crop((left, top, left + crop, top + crop))
+    return new_width, new_height, top, left, crop
 
 
 def normalize(image: Image.Image) -> torch.Tensor:
@@ -227,6 +241,15 @@ def _mask_weights(mask: Any, image_hw: tuple[int, int]) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer) and values.max() > 1:
         values = values / 255.0
     return np.clip(values, 0.0, 1.0)
+
+
+def _limited_size(width: int, height: int) -> tuple[int, int]:
+    """The size `_limit_aspect_ratio` leaves an image of that size."""
+    short, long = min(width, height), max(width, height)
+    if long <= MAX_ASPECT_RATIO * short:
+        return width, height
+    keep = math.ceil(MAX_ASPECT_RATIO * short)
+    return (keep, height) if width > height else (width, keep)
 
 
 def _limit_aspect_ratio(image: Image.Image) -> Image.Image:

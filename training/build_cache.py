@@ -1,6 +1,6 @@
-r"""Compute once what the frozen SD1.5 parts would recompute at every training step, into cache files beside the
-shards: stage 2, the CLIP text encoder's target of every caption; stage 3, the VAE posterior (mean, std) of every
-target image. A run with `[sd15] cache_outputs = true` then reads them instead (docs/training.md, "Caching the
+r"""Compute once what the frozen SD1.5 or SDXL parts would recompute at every training step, into cache files beside
+the shards: stage 2, the CLIP text encoder's target of every caption (SDXL: both encoders' context and the pooled
+vector); stage 3, the VAE posterior (mean, std) of every target image. A run with `[sd15] cache_outputs = true` then reads them instead (docs/training.md, "Caching the
 frozen outputs"; file format in training/data/frozen_cache.py).
 
     python -m training.build_cache --config training/configs/stage3.toml sd15.path=models/stable-diffusion-v1-5
@@ -47,13 +47,15 @@ from .train_config import TrainConfig, load_config
 
 log = logging.getLogger(__name__)
 
+TEXT_KINDS = ("clip_text", "sdxl_text")  # stage 2's kinds: keyed by the caption
+
 Encoder = Callable[[list], list[dict[str, torch.Tensor]]]
 
 
 def _encoder(cfg: TrainConfig, device: torch.device) -> tuple[CacheIdentity, Encoder, Callable[[str], bool]]:
     """The frozen part of `cfg.stage`, loaded exactly as the stage loads it: (identity, batch encoder, caption
     filter). The encoder maps a list of inputs (captions, or target tensors (3, R, R)) to per-sample outputs."""
-    from .sd15 import clip_caption_filter, clip_text_target, load_sd15, vae_posterior
+    from .sd15 import clip_caption_filter, load_sd15, text_targets, vae_posterior
     from .stages.base import cache_identity, frozen_dtype
     from .train import autocast_dtype
 
@@ -68,12 +70,14 @@ def _encoder(cfg: TrainConfig, device: torch.device) -> tuple[CacheIdentity, Enc
 
         def encode_captions(captions: list) -> list[dict[str, torch.Tensor]]:
             with torch.inference_mode(), autocast():
-                target = clip_text_target(parts.text_encoder, parts.tokenizer, captions, device)  # (B, 77, 768)
-            return [{"clip_target": t} for t in target]
+                # {"clip_target": (B, 77, 768)}; SDXL: (B, 77, 2048) and "clip_pooled": (B, 1280)
+                targets = text_targets(parts.text_encoder, parts.tokenizer, captions, device, parts.text_encoder_2,
+                                       parts.tokenizer_2)
+            return [dict(zip(targets, sample, strict=True)) for sample in zip(*targets.values(), strict=True)]
 
         # Captions the stage's loader drops (over 75 CLIP tokens) are never looked up: not encoded.
-        return (cache_identity(cfg, parts.text_encoder, parts.tokenizer), encode_captions,
-                clip_caption_filter(parts.tokenizer))
+        return (cache_identity(cfg, parts.text_encoder, parts.tokenizer, parts.text_encoder_2, parts.tokenizer_2),
+                encode_captions, clip_caption_filter(parts.tokenizer))
 
     parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), vae=True)
 
@@ -117,7 +121,7 @@ def encode_shard(url: str, source_kind: str, kind: str, resolution: int, encode:
     for index, key, members in read_shard(url, on_error=lambda reason, message: counts.update([reason])):
         raw = RawSample(key=key, url=url, members=members, uid=(0, 0, index))
         try:
-            if kind == "clip_text":
+            if kind in TEXT_KINDS:
                 caption = caption_text(raw)
                 if not caption or not keep_caption(caption):
                     counts["samples_not_needed"] += 1  # the loader drops it before any lookup
@@ -129,7 +133,7 @@ def encode_shard(url: str, source_kind: str, kind: str, resolution: int, encode:
             if content in entries or content in keys:
                 counts["samples_duplicate"] += 1  # same caption / same target image: one entry serves both
                 continue
-            value = caption if kind == "clip_text" else target_tensor(
+            value = caption if kind in TEXT_KINDS else target_tensor(
                 decode_image(data, key, TARGET_WHAT[source_kind]), resolution)  # (3, R, R) in [-1, 1]
         except SampleError as err:
             counts[err.reason] += 1  # the loader skips it too
@@ -148,10 +152,10 @@ def build_cache(cfg: TrainConfig, batch_size: int = 16, overwrite: bool = False)
     if cfg.stage not in STAGE_KIND:
         raise ValueError(f"stage = {cfg.stage!r}: only {sorted(STAGE_KIND)} have frozen outputs to cache")
     info = distributed.setup(cfg.run.device)
-    kind = STAGE_KIND[cfg.stage]
     shards = _shards(cfg)
     mine = shards[info.rank::info.world_size]
     identity, encode, keep_caption = _encoder(cfg, info.device)
+    kind = identity.kind  # clip_text (SD1.5) or sdxl_text (SDXL) for stage 2, vae_posterior for stage 3
     counts: Counter = Counter()
     for url, source_kind in progress(mine, desc=f"{kind} cache (shards)"):
         path = cache_path(url, kind)

@@ -5,8 +5,8 @@ model at its real size, simulated on this machine without a GPU, and which setti
     python -m training.throughput --config training/configs/stage3.toml --plan --gpu-memory 80 --gpus 8 --gpu A100
 
 How the numbers are made (nothing is a guessed constant):
-* The stage's own module (`Stage.assemble`: KOSMOS-G at the config's architecture, the frozen SD1.5 parts at their
-  real sizes and `[sd15] dtype`, the stage's trainable selection) is built under `FakeTensorMode`: tensors with shapes,
+* The stage's own module (`Stage.assemble`: KOSMOS-G at the config's architecture, the frozen SD1.5 or SDXL parts at
+  their real sizes and `[sd15] dtype`, the stage's trainable selection) is built under `FakeTensorMode`: tensors with shapes,
   dtypes and storage sizes but no data, so the 1.9 B + 0.9 B parameters cost no memory here.
 * One micro-step (forward under autocast, backward; then gradient clipping and the AdamW step) runs on those tensors
   while `LiveBytes`, a dispatch mode, adds the bytes of every storage an operator creates and subtracts them when the
@@ -43,7 +43,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -265,11 +265,19 @@ class PlanModel:
         return sum(b for _, b, _ in self.parts.values())
 
 
-def _kosmos_config(cfg, stage) -> tuple[object, str]:
+def plan_kosmos_config(cfg, stage) -> tuple[object, str, bool]:
+    """(the stage's KOSMOS-G config, where it came from, whether the frozen base is SDXL).
+
+    KOSMOS-G: `[model] init`'s header when the file is here; else `[model] preset`, with the AlignerNet of
+    `[model] aligner_preset` when that is set (the shipped SDXL configs name `sdxl`: the AlignerNet stage 2 creates,
+    and the one stage 2's export hands to stage 3). The base is read from `[sd15] path` when it is a folder here
+    (`base_kind`, as the trainer reads it); else it follows the KOSMOS-G model: SDXL when its AlignerNet has SDXL's
+    heads."""
     from kosmos_g_core.checkpoint import read_header
     from kosmos_g_core.config import PRESETS
 
-    from .stages.base import stage_kosmos_config
+    from .sd15 import SDXL, base_kind, is_diffusers_folder
+    from .stages.base import aligner_preset, stage_kosmos_config
 
     if cfg.model.init and Path(cfg.model.init).is_file():
         config, _ = read_header(cfg.model.init)
@@ -278,9 +286,17 @@ def _kosmos_config(cfg, stage) -> tuple[object, str]:
         if cfg.model.preset not in PRESETS:
             raise ValueError(f"[model] preset = {cfg.model.preset!r}: unknown; expected one of {sorted(PRESETS)}")
         config = PRESETS[cfg.model.preset]
-        where = f"[model] preset {cfg.model.preset!r}" + (
-            f" ([model] init {cfg.model.init} not found here)" if cfg.model.init else "")
-    return stage_kosmos_config(cfg, config, stage.aligner_mode), where
+        where = f"[model] preset {cfg.model.preset!r}"
+        if cfg.model.aligner_preset:
+            config = replace(config, aligner=aligner_preset(cfg, config.mllm.dim))
+            where += f" with [model] aligner_preset {cfg.model.aligner_preset!r}"
+        where += f" ([model] init {cfg.model.init} not found here)" if cfg.model.init else ""
+    if cfg.sd15.path and is_diffusers_folder(Path(cfg.sd15.path)):
+        sdxl = base_kind(cfg.sd15.path) == SDXL
+    else:
+        planned = stage_kosmos_config(cfg, config, stage.aligner_mode)
+        sdxl = planned.aligner is not None and planned.aligner.is_sdxl
+    return stage_kosmos_config(cfg, config, stage.aligner_mode, sdxl=sdxl), where, sdxl
 
 
 def _dtype_name(dtypes: set[torch.dtype]) -> str:
@@ -290,8 +306,9 @@ def _dtype_name(dtypes: set[torch.dtype]) -> str:
 
 def build_plan_model(cfg, *, fake: bool = True) -> PlanModel:
     """The stage's module as `Stage.build_model` makes it, from architectures only: KOSMOS-G from `[model] init`'s
-    header (when the file is here) or `[model] preset`, fp32 (master weights) like build_kosmos; the SD1.5 parts from
-    `[sd15] path`'s config.json files (when it is a diffusers folder here) or SD1.5's own, in `frozen_dtype(cfg)`."""
+    header (when the file is here) or `[model] preset`, fp32 (master weights) like build_kosmos; the frozen base's
+    parts from `[sd15] path`'s config.json files (when it is a diffusers folder here) or the base's own (SD1.5's, or
+    SDXL's when the KOSMOS-G model is an SDXL one: `_kosmos_config`), in `frozen_dtype(cfg)`."""
     from kosmos_g_core.model import KosmosG
     from kosmos_g_core.tokenizer import KosmosTokenizer
 
@@ -304,7 +321,7 @@ def build_plan_model(cfg, *, fake: bool = True) -> PlanModel:
         raise ValueError(f"--plan knows stages {', '.join(PLAN_STAGES)}; {cfg.source or 'the config'} is "
                          f"stage = {cfg.stage!r}")
     stage.check_config(cfg)
-    config, where = _kosmos_config(cfg, stage)
+    config, where, sdxl = plan_kosmos_config(cfg, stage)
     fake_mode = None
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
@@ -312,11 +329,13 @@ def build_plan_model(cfg, *, fake: bool = True) -> PlanModel:
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     with fake_mode if fake_mode is not None else contextlib.nullcontext():
         kosmos = KosmosG(config, dtype=torch.float32)
-        parts = build_sd15_parts(sd15_architectures(cfg.sd15.path), frozen_dtype(cfg),
+        parts = build_sd15_parts(sd15_architectures(cfg.sd15.path, sdxl=sdxl), frozen_dtype(cfg),
                                  **dict.fromkeys(stage.sd15_parts, True))
     kosmos.tokenizer = KosmosTokenizer.bundled()
     if "text_encoder" in stage.sd15_parts:
         parts.tokenizer = _clip_tokenizer(cfg)
+        if parts.is_sdxl:
+            parts.tokenizer_2 = _clip_tokenizer(cfg, "tokenizer_2")
     if "unet" in stage.sd15_parts:
         from diffusers import DDPMScheduler
 
@@ -341,7 +360,7 @@ def build_plan_model(cfg, *, fake: bool = True) -> PlanModel:
     for name, m in module.frozen.items():
         if isinstance(m, nn.Module):
             tensors = [*m.parameters(), *m.buffers()]
-            plan.parts[f"frozen SD1.5 {name}"] = (sum(t.numel() for t in m.parameters()), tensor_bytes(tensors),
+            plan.parts[f"frozen {'SDXL' if parts.is_sdxl else 'SD1.5'} {name}"] = (sum(t.numel() for t in m.parameters()), tensor_bytes(tensors),
                                                   _dtype_name({t.dtype for t in m.parameters()}))
     units = layer_units(module.kosmos)
     in_units = {id(p) for u in units for p in u.parameters()}
@@ -350,13 +369,15 @@ def build_plan_model(cfg, *, fake: bool = True) -> PlanModel:
     return plan
 
 
-def _clip_tokenizer(cfg):
-    """Stage 2 tokenizes captions for the frozen CLIP text encoder: the config's tokenizer when it is here, else a
-    small real CLIPTokenizer (the ids are always (B, 77), whatever the vocabulary)."""
+def _clip_tokenizer(cfg, sub: str = "tokenizer"):
+    """Stage 2 tokenizes captions for the frozen CLIP text encoder(s): the config's tokenizer when it is here (SDXL's
+    second one: `sub` = tokenizer_2 of the folder), else a small real CLIPTokenizer (the ids are always (B, 77),
+    whatever the vocabulary)."""
     from .sd15 import load_clip_tokenizer
     from .tiny_assets import write_tiny_clip_tokenizer
 
-    for candidate in (cfg.sd15.tokenizer, Path(cfg.sd15.path) / "tokenizer" if cfg.sd15.path else ""):
+    given = cfg.sd15.tokenizer if sub == "tokenizer" else ""
+    for candidate in (given, Path(cfg.sd15.path) / sub if cfg.sd15.path else ""):
         if candidate and (Path(candidate) / "vocab.json").is_file():
             return load_clip_tokenizer(candidate)
     return load_clip_tokenizer(write_tiny_clip_tokenizer(Path(tempfile.mkdtemp(prefix="kosmos_g_plan_clip_"))))
@@ -410,6 +431,8 @@ def synthetic_batch(plan: PlanModel, cfg, batch_size: int, shape: SampleShape) -
         batch["pixels"] = torch.zeros(batch_size * shape.images, 3, size, size)
         batch["target"] = torch.zeros(batch_size, 3, cfg.sd15.resolution, cfg.sd15.resolution)
     batch["image_mask"] = image_mask
+    r = cfg.sd15.resolution
+    batch["target_geometry"] = torch.tensor([[r, r, 0, 0, r, r]] * batch_size)  # (B, 6): SDXL's size conditioning
     return batch
 
 
@@ -709,8 +732,9 @@ def format_plan(plan: Plan) -> str:
         f"and workspaces) x (1 - {plan.fragmentation:g} fragmentation)",
         f"model: KOSMOS-G from {m.architecture}",
     ]
+    width = max(24, *(len(name) for name in m.parts))  # 24: the SD1.5 names; SDXL's text_encoder_2 is longer
     for name, (numel, nbytes, dtype) in m.parts.items():
-        lines.append(f"  {name:<24} {numel / 1e6:9.1f} M  {dtype:<5} {_gib(nbytes):>6} GiB")
+        lines.append(f"  {name:<{width}} {numel / 1e6:9.1f} M  {dtype:<5} {_gib(nbytes):>6} GiB")
     tr = sum(m.trainable_numels)
     lines.append(f"  gradients {_gib(4 * tr)} GiB (fp32); AdamW states {_gib(adamw_state_bytes(m.trainable_numels))} "
                  f"GiB (2 x fp32, simulated step agrees), 8-bit {_gib(adamw8bit_state_bytes(m.trainable_numels))} GiB")

@@ -1,17 +1,22 @@
-"""The frozen Stable Diffusion 1.5 parts the trainer needs, loaded offline from the user's own files.
+"""The frozen Stable Diffusion parts the trainer needs (SD1.5 or SDXL), loaded offline from the user's own files.
 
-Two layouts are accepted for `[sd15] path`:
-* a diffusers folder: `unet/`, `vae/`, `scheduler/`, `text_encoder/` (config.json + weights) and `tokenizer/`
+`[sd15] path` names the frozen base (the table keeps its first name, so every SD1.5 config still reads as before; an
+SDXL folder is told by its own files, never by a name). Three layouts are accepted:
+* a diffusers SD1.5 folder: `unet/`, `vae/`, `scheduler/`, `text_encoder/` (config.json + weights) and `tokenizer/`
   (vocab.json + merges.txt), e.g. a saved `StableDiffusionPipeline`;
+* a diffusers SDXL folder (a saved `StableDiffusionXLPipeline`, e.g. stabilityai/stable-diffusion-xl-base-1.0): the
+  same plus `text_encoder_2/` (OpenCLIP bigG, a CLIPTextModelWithProjection) and `tokenizer_2/`. It is SDXL when its
+  `unet/config.json` has `addition_embed_type = "text_time"` (SDXL's pooled-text + size embedding) or it has
+  `text_encoder_2/` (`base_kind`);
 * a single-file SD1.5 checkpoint (`.safetensors`, or `.ckpt` read with weights_only): the U-Net and VAE go through
   diffusers' `from_single_file` with the SD1.5 `v1-inference.yaml` values given here as a dict, so nothing is
   fetched; the CLIP text encoder is built from the `cond_stage_model.transformer.text_model.*` tensors with a config
   inferred from their shapes. A single file holds no CLIP BPE vocabulary, so `[sd15] tokenizer` must then name a
   folder with vocab.json + merges.txt (ComfyUI ships one in `comfy/sd1_tokenizer/`) or open_clip's
-  `bpe_simple_vocab_16e6.txt.gz`.
+  `bpe_simple_vocab_16e6.txt.gz`. A single-file SDXL checkpoint is refused with the folder to use instead.
 
 Nothing here touches a model hub: every `from_pretrained` call is given a local folder and local_files_only=True.
-Tiny random SD1.5-like folders for tests and smoke runs are written by training/tiny_assets.py.
+Tiny random SD1.5- and SDXL-like folders for tests and smoke runs are written by training/tiny_assets.py.
 """
 
 from __future__ import annotations
@@ -71,19 +76,117 @@ SD15_TEXT_ENCODER = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size
                      "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1}
 
 
+# The two frozen bases a stage can train against (`base_kind`).
+SD15 = "sd15"
+SDXL = "sdxl"
+# SDXL's size conditioning per sample ("time ids", in this order): original height, original width, crop top, crop
+# left, target height, target width.
+SDXL_TIME_IDS = 6
+
+# stabilityai/stable-diffusion-xl-base-1.0's configs, for building its architecture without its folder (the memory
+# planner). unet/config.json:
+SDXL_UNET = {
+    "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False, "class_embed_type": None, "class_embeddings_concat": False, "conv_in_kernel": 3,
+    "conv_out_kernel": 3, "cross_attention_dim": 2048, "cross_attention_norm": None,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "downsample_padding": 1,
+    "dual_cross_attention": False, "encoder_hid_dim": None, "encoder_hid_dim_type": None, "flip_sin_to_cos": True,
+    "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05,
+    "norm_num_groups": 32, "num_attention_heads": None, "num_class_embeds": None, "only_cross_attention": False,
+    "out_channels": 4, "projection_class_embeddings_input_dim": 2816, "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False, "resnet_time_scale_shift": "default", "sample_size": 128,
+    "time_cond_proj_dim": None, "time_embedding_act_fn": None, "time_embedding_dim": None,
+    "time_embedding_type": "positional", "timestep_post_act": None, "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": None,
+    "use_linear_projection": True,
+}
+# vae/config.json (SD1.5's VAE architecture, SDXL's weights and scaling factor)
+SDXL_VAE = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "force_upcast": True, "in_channels": 3, "latent_channels": 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 1024, "scaling_factor": 0.13025,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+# text_encoder_2/config.json: OpenCLIP ViT-bigG/14's text tower with its projection (CLIPTextModelWithProjection).
+# text_encoder/ is CLIP ViT-L/14's text tower, SD1.5's (SD15_TEXT_ENCODER).
+SDXL_TEXT_ENCODER_2 = {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                       "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu",
+                       "layer_norm_eps": 1e-5, "projection_dim": 1280, "bos_token_id": 0, "eos_token_id": 2,
+                       "pad_token_id": 1}
+
+
 @dataclass
 class SD15Parts:
-    """Whatever of SD1.5 a stage asked for; all modules frozen (requires_grad False) and in eval mode."""
+    """Whatever of the frozen base (SD1.5 or SDXL) a stage asked for; all modules frozen (requires_grad False) and in
+    eval mode. `base` is SD15 or SDXL; an SDXL base's text_encoder is CLIP-L and text_encoder_2 / tokenizer_2 its
+    OpenCLIP bigG encoder and tokenizer (None for SD1.5)."""
     text_encoder: nn.Module | None = None
     tokenizer: object | None = None
     unet: nn.Module | None = None
     vae: nn.Module | None = None
     noise_scheduler: object | None = None
+    text_encoder_2: nn.Module | None = None
+    tokenizer_2: object | None = None
+    base: str = SD15
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.base == SDXL
 
 
-def _is_diffusers_folder(path: Path) -> bool:
+def is_diffusers_folder(path: Path) -> bool:
+    """A saved diffusers pipeline folder (model_index.json, or any of unet/, vae/, text_encoder/), not a single file."""
     return path.is_dir() and (path / "model_index.json").is_file() or any(
         (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder"))
+
+
+# A single-file SDXL checkpoint keeps its second text encoder (OpenCLIP bigG) under this prefix.
+SDXL_SINGLE_FILE_PREFIX = "conditioner.embedders.1."
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable JSON config ({err})") from err
+
+
+def base_kind(path: str | Path) -> str:
+    """SDXL or SD15: which base `[sd15] path` holds, from its files alone (never its name), without reading weights.
+
+    A diffusers folder is SDXL when its `unet/config.json` has `addition_embed_type = "text_time"` (SDXL's pooled
+    text + size embedding) or when it has `text_encoder_2/`; a single .safetensors file when it has tensors under
+    `conditioner.embedders.1.` (SDXL's bigG encoder). Anything else, an empty or absent path included, is SD15 (the
+    loader then says what is missing)."""
+    if not path:
+        return SD15
+    path = Path(path)
+    if is_diffusers_folder(path):
+        unet = path / "unet" / "config.json"
+        if (path / "text_encoder_2").is_dir():
+            return SDXL
+        if unet.is_file() and _read_json(unet).get("addition_embed_type") == "text_time":
+            return SDXL
+        return SD15
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            if any(k.startswith(SDXL_SINGLE_FILE_PREFIX) for k in f.keys()):
+                return SDXL
+    return SD15
+
+
+def unet_pooled_dim(config) -> int | None:
+    """The width of the pooled text vector an SDXL-style U-Net reads (`text_embeds`: 1280 for SDXL), from its config:
+    `projection_class_embeddings_input_dim` minus the 6 size values of `addition_time_embed_dim` each; None for a
+    U-Net without SDXL's text_time embedding (SD1.5)."""
+    if config.get("addition_embed_type") != "text_time":
+        return None
+    return int(config["projection_class_embeddings_input_dim"]) - SDXL_TIME_IDS * int(config["addition_time_embed_dim"])
+
 
 
 def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
@@ -119,7 +222,8 @@ def _freeze(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.M
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: expected {what}. [sd15] path must be a diffusers SD1.5 folder "
-                                "(unet/, vae/, scheduler/, text_encoder/, tokenizer/) or a single-file SD1.5 checkpoint")
+                                "(unet/, vae/, scheduler/, text_encoder/, tokenizer/), a diffusers SDXL folder (the "
+                                "same plus text_encoder_2/, tokenizer_2/) or a single-file SD1.5 checkpoint")
     return path
 
 
@@ -183,6 +287,41 @@ CLIP_IDS_RULE = f"CLIPTokenizer padding=max_length max_length={CLIP_MAX_LENGTH} 
 def clip_text_target(text_encoder: nn.Module, tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
     """(B, 77, 768) last hidden state of SD1.5's frozen CLIP text encoder: stage 2's target, and what its cache holds."""
     return text_encoder(clip_ids(tokenizer, captions, device)).last_hidden_state
+
+
+# How stage 2 prepares a caption for SDXL's two text encoders (part of an SDXL text-target cache file's identity).
+SDXL_TEXT_IDS_RULE = (f"SDXL: each of tokenizer, tokenizer_2: {CLIP_IDS_RULE}; context = concat(hidden_states[-2], "
+                      "hidden_states[-2]), pooled = text_encoder_2 text_embeds")
+
+
+def sdxl_text_target(text_encoder: nn.Module, text_encoder_2: nn.Module, tokenizer, tokenizer_2, captions: list[str],
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning of captions, as its pipeline makes it (diffusers `StableDiffusionXLPipeline.encode_prompt`
+    without clip skip): each tokenizer pads its own ids to 77 (tokenizer_2 with its own pad token), each encoder's
+    penultimate hidden state (`hidden_states[-2]`), concatenated -> context (B, 77, 768 + 1280 = 2048); bigG's
+    projected end-of-text state `text_embeds` -> pooled (B, 1280). Stage 2's SDXL targets, and what its cache holds."""
+    states = []
+    pooled = None
+    for encoder, tok in ((text_encoder, tokenizer), (text_encoder_2, tokenizer_2)):
+        out = encoder(clip_ids(tok, captions, device), output_hidden_states=True)
+        states.append(out.hidden_states[-2])  # (B, 77, hidden)
+        if encoder is text_encoder_2:
+            pooled = out.text_embeds  # (B, projection_dim)
+    return torch.cat(states, dim=-1), pooled
+
+
+# Stage 2's targets, by batch key (and cache entry name): the context, and for SDXL the pooled vector.
+TEXT_TARGET_NAMES = ("clip_target", "clip_pooled")
+
+
+def text_targets(text_encoder: nn.Module, tokenizer, captions: list[str], device: torch.device,
+                 text_encoder_2: nn.Module | None = None, tokenizer_2=None) -> dict[str, torch.Tensor]:
+    """Stage 2's frozen targets of captions: {"clip_target": (B, 77, 768)} for SD1.5 (clip_text_target); with SDXL's
+    second encoder {"clip_target": (B, 77, 2048), "clip_pooled": (B, 1280)} (sdxl_text_target)."""
+    if text_encoder_2 is None:
+        return {"clip_target": clip_text_target(text_encoder, tokenizer, captions, device)}
+    context, pooled = sdxl_text_target(text_encoder, text_encoder_2, tokenizer, tokenizer_2, captions, device)
+    return {"clip_target": context, "clip_pooled": pooled}
 
 
 def vae_posterior(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,9 +401,11 @@ def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, tex
         raise ValueError("[sd15] path is empty: set it to a diffusers SD1.5 folder or a single-file SD1.5 checkpoint")
     path = Path(path)
     _require(path, "an SD1.5 diffusers folder or single-file checkpoint")
-    parts = SD15Parts()
-    if _is_diffusers_folder(path):
-        if text_encoder:
+    parts = SD15Parts(base=base_kind(path))
+    if is_diffusers_folder(path):
+        if text_encoder and parts.is_sdxl:
+            _load_sdxl_text_encoders(parts, path, device, dtype, tokenizer_path)
+        elif text_encoder:
             from transformers import CLIPTextModel
 
             enc_dir = _require(path / "text_encoder", "the CLIP text encoder folder text_encoder/ (config.json + weights)")
@@ -282,11 +423,17 @@ def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, tex
                                      if sched_cfg.is_file() else DDPMScheduler.from_config(SD15_SCHEDULER))
         if vae:
             _require(path / "vae", "the VAE folder vae/")
+            vae_dtype = frozen_vae_dtype(parts.base, AutoencoderKL.load_config(
+                str(path), subfolder="vae", local_files_only=True), dtype) if parts.is_sdxl else dtype
             parts.vae = _freeze(AutoencoderKL.from_pretrained(str(path), subfolder="vae", local_files_only=True,
-                                                              torch_dtype=dtype),
-                                dtype, device)
+                                                              torch_dtype=vae_dtype),
+                                vae_dtype, device)
         return parts
 
+    if parts.is_sdxl:
+        raise ValueError(f"{path} is a single-file SDXL checkpoint: the trainer reads SDXL from its diffusers folder "
+                         "(stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/, scheduler/, text_encoder/, "
+                         "text_encoder_2/, tokenizer/, tokenizer_2/); set [sd15] path to that folder")
     full = _read_single_file(path)
     if text_encoder:
         if not tokenizer_path:
@@ -304,11 +451,39 @@ def load_sd15(path: str | Path, *, device: torch.device, dtype: torch.dtype, tex
     return parts
 
 
+def frozen_vae_dtype(base: str, config, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the frozen VAE is kept in: `dtype`, except SDXL's VAE in fp16, which stays fp32. SDXL's VAE
+    overflows in fp16 (its config says `force_upcast`; diffusers' SDXL pipelines upcast it likewise), which would
+    give NaN latents. SD1.5 keeps `dtype` as it always did."""
+    if base == SDXL and dtype == torch.float16 and config.get("force_upcast", True):
+        return torch.float32
+    return dtype
+
+
+def _load_sdxl_text_encoders(parts: SD15Parts, path: Path, device: torch.device, dtype: torch.dtype,
+                             tokenizer_path: str | Path) -> None:
+    """SDXL's two frozen text encoders and tokenizers from its diffusers folder: `text_encoder` (CLIP ViT-L/14,
+    CLIPTextModel) and `text_encoder_2` (OpenCLIP ViT-bigG/14 with its projection, CLIPTextModelWithProjection)."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if tokenizer_path:
+        raise ValueError(f"[sd15] tokenizer = {str(tokenizer_path)!r} is for single-file SD1.5 checkpoints; the SDXL "
+                         f"folder {path} brings both of its tokenizers (tokenizer/, tokenizer_2/): set it to \"\"")
+    for sub, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        folder = _require(path / sub, f"SDXL's text encoder folder {sub}/ (config.json + weights)")
+        setattr(parts, sub, _freeze(cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype), dtype,
+                                    device))
+    parts.tokenizer = load_clip_tokenizer(_require(path / "tokenizer", "tokenizer/"))
+    parts.tokenizer_2 = load_clip_tokenizer(_require(path / "tokenizer_2", "SDXL's second tokenizer tokenizer_2/"))
+
+
 # -- architectures without weights (memory planning) -----------------------------------------------------------------
-def sd15_architectures(path: str | Path) -> dict[str, dict]:
-    """Config dicts of `unet`, `vae` and `text_encoder`: read from the diffusers folder `path` when it is one (its
-    config.json files; no weights are read), else SD1.5's own (v1-inference.yaml through diffusers' single-file
-    conversion, and SD15_TEXT_ENCODER), which is what a single-file SD1.5 checkpoint builds."""
+def sd15_architectures(path: str | Path, sdxl: bool = False) -> dict:
+    """Config dicts of `unet`, `vae` and `text_encoder` (SDXL: also `text_encoder_2`), and `base` (SD15 or SDXL):
+    read from the diffusers folder `path` when it is one here (its config.json files, its kind by `base_kind`; no
+    weights are read). Else the base's own: SD1.5's (v1-inference.yaml through diffusers' single-file conversion,
+    and SD15_TEXT_ENCODER), which is what a single-file SD1.5 checkpoint builds, or with `sdxl` (the caller's
+    reading of the KOSMOS-G model it plans for) SDXL base 1.0's (SDXL_UNET, SDXL_VAE, CLIP-L, SDXL_TEXT_ENCODER_2)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
         create_unet_diffusers_config_from_ldm,
@@ -316,41 +491,56 @@ def sd15_architectures(path: str | Path) -> dict[str, dict]:
     )
 
     path = Path(path) if path else None
-    if path is not None and _is_diffusers_folder(path):
-        out = {"unet": dict(UNet2DConditionModel.load_config(str(path), subfolder="unet", local_files_only=True)),
+    if path is not None and is_diffusers_folder(path):
+        out = {"base": base_kind(path),
+               "unet": dict(UNet2DConditionModel.load_config(str(path), subfolder="unet", local_files_only=True)),
                "vae": dict(AutoencoderKL.load_config(str(path), subfolder="vae", local_files_only=True))}
         text = path / "text_encoder" / "config.json"
         out["text_encoder"] = json.loads(text.read_text()) if text.is_file() else dict(SD15_TEXT_ENCODER)
+        if out["base"] == SDXL:
+            text_2 = path / "text_encoder_2" / "config.json"
+            out["text_encoder_2"] = json.loads(text_2.read_text()) if text_2.is_file() else dict(SDXL_TEXT_ENCODER_2)
         return out
-    return {"unet": create_unet_diffusers_config_from_ldm(SD15_ORIGINAL_CONFIG, {}),
+    if sdxl:
+        return {"base": SDXL, "unet": dict(SDXL_UNET), "vae": dict(SDXL_VAE), "text_encoder": dict(SD15_TEXT_ENCODER),
+                "text_encoder_2": dict(SDXL_TEXT_ENCODER_2)}
+    return {"base": SD15, "unet": create_unet_diffusers_config_from_ldm(SD15_ORIGINAL_CONFIG, {}),
             "vae": create_vae_diffusers_config_from_ldm(SD15_ORIGINAL_CONFIG, {}),
             "text_encoder": dict(SD15_TEXT_ENCODER)}
 
 
-def build_sd15_parts(architectures: dict[str, dict], dtype: torch.dtype, *, text_encoder: bool = False,
+def build_sd15_parts(architectures: dict, dtype: torch.dtype, *, text_encoder: bool = False,
                      unet: bool = False, vae: bool = False) -> SD15Parts:
-    """The requested frozen parts built from `sd15_architectures` in `dtype`, without weights (random init; under
-    FakeTensorMode no storage at all): what the memory planner (training/memory_plan.py) measures. Built directly in
-    `dtype` (default-dtype switch) because fake parameters cannot be cast in place. No tokenizer, no scheduler."""
+    """The requested frozen parts built from `sd15_architectures` in `dtype` (the VAE in `frozen_vae_dtype`), without
+    weights (random init; under FakeTensorMode no storage at all): what the memory planner (training/memory_plan.py)
+    measures. Built directly in the dtype (default-dtype switch) because fake parameters cannot be cast in place. No
+    tokenizer, no scheduler. An SDXL architecture's `text_encoder` brings its `text_encoder_2` too, as load_sd15."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    def build(make):
+    def build(make, in_dtype=dtype):
         previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
+        torch.set_default_dtype(in_dtype)
         try:
             module = make()
         finally:
             torch.set_default_dtype(previous)
         return module.requires_grad_(False).eval()
 
-    parts = SD15Parts()
+    def text_config(name: str):
+        fields = {k: v for k, v in architectures[name].items()
+                  if not k.startswith("_") and k not in ("architectures", "torch_dtype", "dtype", "transformers_version")}
+        return CLIPTextConfig(**fields)
+
+    base = architectures.get("base", SD15)
+    parts = SD15Parts(base=base)
     if unet:
         parts.unet = build(lambda: UNet2DConditionModel.from_config(architectures["unet"]))
     if vae:
-        parts.vae = build(lambda: AutoencoderKL.from_config(architectures["vae"]))
+        parts.vae = build(lambda: AutoencoderKL.from_config(architectures["vae"]),
+                          frozen_vae_dtype(base, architectures["vae"], dtype))
     if text_encoder:
-        fields = {k: v for k, v in architectures["text_encoder"].items()
-                  if not k.startswith("_") and k not in ("architectures", "torch_dtype", "dtype", "transformers_version")}
-        parts.text_encoder = build(lambda: CLIPTextModel(CLIPTextConfig(**fields)))
+        parts.text_encoder = build(lambda: CLIPTextModel(text_config("text_encoder")))
+        if base == SDXL:
+            parts.text_encoder_2 = build(lambda: CLIPTextModelWithProjection(text_config("text_encoder_2")))
     return parts

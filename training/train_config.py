@@ -40,10 +40,12 @@ class ModelConfig:
     init: str = ""                   # pack .safetensors to start from; "" = random init of `preset`
     preset: str = "official"         # kosmos_g_core.config.PRESETS key, used when init is ""
     tokenizer: str = ""              # folder with sentencepiece.bpe.model + dict.txt (needed when init is "")
-    aligner_preset: str = ""         # AlignerNet config when init has none ("" = the preset of init's size)
+    aligner_preset: str = ""         # AlignerNet config when init has none ("" = the preset of init's size, with
+                                     # SDXL's heads when [sd15] path is an SDXL base)
     trainable: tuple[str, ...] = ()  # parameter-name prefixes; () = the stage's paper default
     activation_checkpointing: bool = True
     cond_dropout: float = 0.1        # stage 3: share of conditions replaced by the null embedding (CFG)
+    pooled_weight: float = 1.0       # stage 2 against SDXL: weight of the pooled-vector MSE in the loss
     mention_tokens: bool = True      # layout stage: feed the parser's (class, count) tokens to the model; false
                                      # measures what the model learns from the caption words alone
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kosmos_g_core.image import resize_and_crop
-from training.data.transforms import mask_tensor, target_tensor
+from kosmos_g_core.image import MAX_ASPECT_RATIO, crop_offsets, resize_and_crop
+from training.data.transforms import mask_tensor, target_geometry, target_tensor
 from training.evaluation.images import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 # (width, height, size, crop) -> (resized width, resized height, left, top), computed by hand:
@@ -71,6 +71,22 @@ def test_evaluation_scorers_use_the_same_crop(shape, resized):
     mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
     expected = torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
     assert torch.allclose(to_tensor([image], size, crop, IMAGENET_MEAN, IMAGENET_STD)[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "resized"), CASES)
+def test_crop_offsets_are_where_the_crop_is_cut(shape, resized):
+    """SDXL's size conditioning of a training target reports the crop resize_and_crop really made: its top-left
+    corner in pixels of the resized image, and the original height and width (target_geometry, in SDXL's order)."""
+    width, height, size, crop = shape
+    new_w, new_h, left, top = resized
+    assert crop_offsets(width, height, size, crop) == (top, left)
+    if size == crop:
+        assert target_geometry(_image(width, height), size) == (height, width, top, left, size, size)
+
+
+def test_crop_offsets_of_an_image_past_the_aspect_limit_are_within_the_shortened_image():
+    width, height = 3 * MAX_ASPECT_RATIO * 2, 2  # first centre-cropped to 128 x 2, then resized to 256 x 4
+    assert crop_offsets(width, height, 4) == (0, 126)  # round((256 - 4) / 2)
 
 
 def test_crop_larger_than_size_is_refused():

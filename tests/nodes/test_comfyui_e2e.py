@@ -9,7 +9,8 @@ and negative; more with regional conditioning). The layout workflows of nodes/la
 The SDXL workflows run the same way with a tiny SDXL KOSMOS-G file and random SDXL-shaped models (comfy_models.py),
 and the tests at the end compare the SDXL conditioning with what ComfyUI's own SDXL text encode nodes give, follow
 its pooled vector and size conditioning into the U-Net's ADM input, and check the messages for a file of one base
-with the other's MODEL.
+with the other's MODEL. The last test runs the SDXL subject-driven workflow with a tiny SDXL file made by the trainer
+(stages 2 and 3 of the shipped tiny SDXL configs).
 """
 
 from __future__ import annotations
@@ -467,3 +468,79 @@ def test_concat_clip_with_an_sdxl_file_and_the_sdxl_clip(comfy_server):
     (joined,), (positive,) = entry["outputs"]["963"]["a"], entry["outputs"]["950"]["a"]
     assert joined["shape"] == [1, 154, 2048] and joined["pooled_sum"] == positive["pooled_sum"]
     assert joined["sizes"] == positive["sizes"]
+
+
+# ------------------------------------------------------------------------------- a file made by the trainer (SDXL)
+
+
+TRAINED_SDXL_NAME = "kosmos-g-sdxl-trained.safetensors"
+
+
+@pytest.fixture(scope="module")
+def trainer_made_sdxl(tmp_path_factory, comfy_server, tokenizer_dir) -> Path:
+    """A tiny SDXL KOSMOS-G file made by the trainer, as docs/training.md says: the shipped tiny SDXL configs of
+    stage 2 (from an AlignerNet-less init, the SDXL heads chosen from the base) then stage 3, on a tiny random SDXL
+    diffusers folder and synthetic shards, a few steps each; the stage-3 export copied to the server's
+    models/kosmos_g/ (ComfyUI lists a folder again when it changes)."""
+    from training.data.synthetic import write_synthetic_shards
+    from training.tiny_assets import write_tiny_init, write_tiny_sdxl
+    from training.train import main
+
+    root = tmp_path_factory.mktemp("trainer_made_sdxl")
+    write_tiny_sdxl(root / "sdxl")
+    for kind in ("captions", "compositional"):
+        write_synthetic_shards(root / "shards" / kind, kind, 8)
+    write_tiny_init(root / "stage1.safetensors", tokenizer_dir, aligner=False)
+    configs = REPO_ROOT / "training" / "configs" / "tiny"
+    common = ["run.max_steps=3", "checkpoint.every=0", "log.tensorboard=false", 'log.progress="lines"',
+              f'sd15.path="{root / "sdxl"}"']
+    main(["--config", str(configs / "stage2_sdxl.toml"), *common, f'run.out_dir="{root / "stage2"}"',
+          f'model.init="{root / "stage1.safetensors"}"',
+          f'data.sources=[{{kind = "captions", shards = "{root / "shards" / "captions"}"}}]'])
+    main(["--config", str(configs / "stage3_sdxl.toml"), *common, f'run.out_dir="{root / "stage3"}"',
+          f'model.init="{root / "stage2" / "export.safetensors"}"', "sample.every=0",
+          f'data.sources=[{{kind = "compositional", shards = "{root / "shards" / "compositional"}"}}]'])
+    target = comfy_server.base / "models" / "kosmos_g" / TRAINED_SDXL_NAME
+    target.write_bytes((root / "stage3" / "export.safetensors").read_bytes())
+    return target
+
+
+def test_a_trainer_made_sdxl_file_runs_the_sdxl_workflow_through_stock_sdxl_nodes(comfy_server, trainer_made_sdxl,
+                                                                                  tmp_path):
+    """The shipped SDXL subject-driven workflow (stock Load Checkpoint, KSampler, VAE Decode, Save Image) with the
+    trainer's SDXL file: its conditioning is the core's encode of the same prompt with that file (context and
+    pooled vector, positive and negative), and it reaches the SDXL U-Net's cross-attention and ADM input."""
+    import torch
+    from PIL import Image
+
+    from kosmos_g_core import InterleavedPrompt, load_checkpoint
+
+    probe_log = tmp_path / "unet_calls.jsonl"
+    prompt = shrink(json.loads(SDXL_SUBJECT.read_text()), probe_log)
+    # fp32, as the file was exported, so the core's encode below is the same computation (auto stores fp16 on CPU).
+    _node(prompt, "KosmosGLoader")["inputs"].update(model_name=trainer_made_sdxl.name, dtype="fp32")
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "KosmosGEncode")
+    prompt["950"] = {"class_type": "KosmosGTestConditioningInfo", "inputs": {"a": [encode, 0], "b": [encode, 1]}}
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(_error(entry), indent=1)[:3000]
+    assert any(image.get("type") == "output" for output in entry["outputs"].values()
+               for image in output.get("images", []))
+    (positive,), (negative,) = entry["outputs"]["950"]["a"], entry["outputs"]["950"]["b"]
+    assert positive["shape"] == negative["shape"] == [1, 77, 2048]
+    assert positive["pooled_shape"] == negative["pooled_shape"] == [1, 1280]
+
+    model = load_checkpoint(trainer_made_sdxl, dtype=torch.float32)
+    text = _node(prompt, "KosmosGInterleavedPrompt")["inputs"]["text"]
+    image = Image.open(comfy_server.base / "input" / "example.png").convert("RGB")
+    cond, uncond = model.encode(InterleavedPrompt.from_text(text, [image]))
+    with torch.inference_mode():
+        expected = {"sum": [float(cond.double().sum()), float(uncond.double().sum())],
+                    "pooled_sum": [float(model.pooled(cond).double().sum()), float(model.pooled(uncond).double().sum())]}
+    for key, values in expected.items():
+        assert [positive[key], negative[key]] == pytest.approx(values, rel=1e-4, abs=1e-3), key
+
+    calls = [json.loads(line) for line in probe_log.read_text().splitlines()]
+    assert len(calls) == STEPS
+    for call in calls:
+        assert call["context"][2] == 2048 and call.get("y") == [call["x"][0], 2816], calls
+        assert sorted(call["y_pooled_sums"]) == pytest.approx(sorted(expected["pooled_sum"]), rel=1e-4, abs=1e-3)

@@ -2,11 +2,13 @@
 
 * stage1: tokens (B,T) long, image_mask (B,T) bool, pixels (N,3,S,S), loss_mask (B,T) bool, source list[str]
 * stage2: tokens (B,T) long, captions list[str], source list[str]
-* stage3: tokens, image_mask, pixels, target (B,3,R,R) in [-1,1], source list[str], prompt list[str] (textual
-  form with ``<i>``), entity_masks list[(E_i,R,R)], entity_token_index list[list[LongTensor]]
+* stage3: tokens, image_mask, pixels, target (B,3,R,R) in [-1,1], target_geometry (B,6) long (each target's
+  original height and width, crop top and left, R, R: SDXL's size conditioning), source list[str], prompt list[str]
+  (textual form with ``<i>``), entity_masks list[(E_i,R,R)], entity_token_index list[list[LongTensor]]
 
 Every stage also has ``keys`` (list[str], ``shard#key`` of each sample, for debugging and tests). When the run reads
-a frozen-output cache (``[sd15] cache_outputs``), stage 2 also has ``clip_target`` (B,77,768) and stage 3
+a frozen-output cache (``[sd15] cache_outputs``), stage 2 also has ``clip_target`` (B,77,768) (SDXL: (B,77,2048) and
+``clip_pooled`` (B,1280)) and stage 3
 ``latent_mean`` and ``latent_std`` (B,4,R/8,R/8), in the dtype they were computed in (frozen_cache.py).
 Tokens are right-padded with ``<pad>`` (1); pixels are ordered by sample, then by occurrence.
 """
@@ -66,6 +68,7 @@ def collate(stage: str, features: Sequence[Features], tokenizer: KosmosTokenizer
         batch["loss_mask"] = next_token_loss_mask(tokens, image_mask, tokenizer)
         return batch
     batch["target"] = torch.stack([f.target for f in features])
+    batch["target_geometry"] = torch.tensor([f.target_geometry for f in features], dtype=torch.long)
     batch["entity_masks"] = [f.entity_masks for f in features]
     batch["entity_token_index"] = [list(f.entity_token_index) for f in features]
     batch["entity_names"] = [list(f.entity_names) for f in features]

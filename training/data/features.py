@@ -35,14 +35,15 @@ from .decode import (
 from .entities import place_entities
 from .frozen_cache import content_key
 from .shards import RawSample
-from .transforms import mask_tensor, target_tensor
+from .transforms import mask_tensor, target_geometry, target_tensor
 
 IMAGE_TOKENS = 64
 
 
 @dataclass
 class Features:
-    """What one sample contributes to a batch. Shapes: pixels (3, S, S) each; target (3, R, R); entity_masks
+    """What one sample contributes to a batch. Shapes: pixels (3, S, S) each; target (3, R, R); target_geometry: the
+    target's (original h, original w, crop top, crop left, R, R) (transforms.target_geometry); entity_masks
     (E, R, R); entity_token_index: E LongTensors of positions in ``ids``; entity_names: the E entity words.
     cache_key: content key of what the frozen SD1.5 part reads (stage 2: the caption; stage 3: the target image
     bytes); frozen: that part's cached outputs, added by the loader when the run reads a cache (frozen_cache.py)."""
@@ -55,6 +56,7 @@ class Features:
     pixels: list[torch.Tensor] = field(default_factory=list)
     caption: str | None = None
     target: torch.Tensor | None = None
+    target_geometry: tuple[int, ...] | None = None
     entity_masks: torch.Tensor | None = None
     entity_token_index: list[torch.Tensor] = field(default_factory=list)
     entity_names: list[str] = field(default_factory=list)
@@ -203,6 +205,7 @@ def _stage3_captions(ctx: FeatureContext, source: SourceConfig, raw: RawSample, 
     image = _checked_image(data, source, raw.key, TARGET_WHAT[source.kind])
     features = _features(ctx, source, InterleavedPrompt((caption,)), eos=False)
     features.target = target_tensor(image, ctx.target_size)
+    features.target_geometry = target_geometry(image, ctx.target_size)
     features.entity_masks = _empty_masks(ctx)
     features.cache_key = content_key(data)
     return features
@@ -221,6 +224,7 @@ def _stage3_editing(ctx: FeatureContext, source: SourceConfig, raw: RawSample, r
     prompt = InterleavedPrompt(("" if drop_caption else input_caption, PromptImage(src), edit))
     features = _features(ctx, source, prompt, eos=False)
     features.target = target_tensor(tgt, ctx.target_size)
+    features.target_geometry = target_geometry(tgt, ctx.target_size)
     features.entity_masks = _empty_masks(ctx)
     features.cache_key = content_key(data)
     return features
@@ -269,6 +273,7 @@ def _stage3_compositional(ctx: FeatureContext, source: SourceConfig, raw: RawSam
         features.entity_token_index.append(torch.tensor(positions, dtype=torch.long))
         features.entity_names.append(names[slot.entity])
     features.target = target_tensor(full, ctx.target_size)
+    features.target_geometry = target_geometry(full, ctx.target_size)
     features.entity_masks = torch.stack(masks) if masks else _empty_masks(ctx)
     features.cache_key = content_key(data)
     return features

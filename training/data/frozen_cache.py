@@ -3,7 +3,9 @@
 Only what no per-step random choice touches is cached:
 
 * stage 2, kind ``clip_text``: the frozen CLIP text encoder's last hidden state of a caption, (77, 768). It is a
-  function of the caption text alone (77 padded CLIP ids, no dropout in eval mode). The frozen MLLM is *not*
+  function of the caption text alone (77 padded CLIP ids, no dropout in eval mode). Against an SDXL base, kind
+  ``sdxl_text``: SDXL's context (77, 2048) and pooled vector (1280,) of the caption (``clip_target``,
+  ``clip_pooled``), from both text encoders. The frozen MLLM is *not*
   cached: it keeps its train-mode dropout, as the official run did, so its hidden states differ at every step.
 * stage 3, kind ``vae_posterior``: the frozen VAE's posterior N(mean, std²) of the target image, mean and std each
   (4, R/8, R/8). The target transform (short side to R, bilinear, centre crop, [-1, 1]) has no random part, so the
@@ -44,9 +46,13 @@ FORMAT = "kosmos_g_frozen_cache"
 VERSION = "1"
 CACHE_DIR = ".frozen_cache"
 
-# What each stage caches, and the batch keys (= tensor names in the files) the loader adds for it.
+# What each stage caches, and the batch keys (= tensor names in the files) the loader adds for it. Stage 2 against
+# an SDXL base caches kind `sdxl_text` instead (cache_kind): both text encoders' context and the pooled vector, in
+# files of their own name, so the SD1.5 and the SDXL caches of the same caption shards live side by side.
 STAGE_KIND = {"stage2": "clip_text", "stage3": "vae_posterior"}
-ENTRY_NAMES = {"clip_text": ("clip_target",), "vae_posterior": ("latent_mean", "latent_std")}
+SDXL_STAGE_KIND = {"stage2": "sdxl_text", "stage3": "vae_posterior"}
+ENTRY_NAMES = {"clip_text": ("clip_target",), "sdxl_text": ("clip_target", "clip_pooled"),
+               "vae_posterior": ("latent_mean", "latent_std")}
 
 BUILD_COMMAND = "python -m training.build_cache --config <the run's config and overrides>"
 
@@ -60,7 +66,7 @@ class CacheIdentity:
     """What the cached outputs depend on besides the sample; stored in every file's header and compared with the
     run's before a file is used."""
 
-    kind: str          # clip_text | vae_posterior
+    kind: str          # clip_text | sdxl_text | vae_posterior
     weights: str       # sha256 of the frozen module's tensors (names, shapes, values): see weights_digest
     tokenizer: str     # clip_text: sha256 of the CLIP tokenizer (vocabulary, merges, padding); vae_posterior: ""
     transform: str     # how the input is prepared (CLIP ids rule; target resize / crop / normalisation)
@@ -99,6 +105,14 @@ class CacheIdentity:
 def _short(value: object) -> str:
     text = str(value)
     return text[:16] + "..." if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else repr(value)
+
+
+def cache_kind(stage: str, sdxl: bool = False) -> str:
+    """The kind of cache `stage` reads: STAGE_KIND, or SDXL_STAGE_KIND when the frozen base is SDXL."""
+    kinds = SDXL_STAGE_KIND if sdxl else STAGE_KIND
+    if stage not in kinds:
+        raise ValueError(f"stage = {stage!r}: only {sorted(kinds)} have frozen outputs to cache")
+    return kinds[stage]
 
 
 # -- identities ------------------------------------------------------------------------------------------------------
@@ -220,8 +234,8 @@ class FrozenCache:
         return self._files[shard]
 
     def lookup(self, shard: str, key: str, sample: str) -> dict[str, torch.Tensor]:
-        """The cached outputs of one sample: {batch key: tensor} (clip_target (77, 768); latent_mean and latent_std
-        (4, R/8, R/8)), in the dtype they were computed in."""
+        """The cached outputs of one sample: {batch key: tensor} (clip_target (77, 768), SDXL: (77, 2048) and
+        clip_pooled (1280,); latent_mean and latent_std (4, R/8, R/8)), in the dtype they were computed in."""
         handle, names = self._open(shard)
         wanted = {name: f"{key}.{name}" for name in ENTRY_NAMES[self.kind]}
         if not all(n in names for n in wanted.values()):

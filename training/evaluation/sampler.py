@@ -102,15 +102,26 @@ class DiffusionSampler:
     def sample(
         self, cond: torch.Tensor, uncond: torch.Tensor, steps: int, guidance: float, resolution: int,
         generator: torch.Generator | None = None, controlnet=None, hint: torch.Tensor | None = None,
+        pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """cond, uncond: (B, 77, 768) -> images (B, 3, H, W) in 0..1 (float32, CPU).
 
         With a diffusers `controlnet` and its hint (B, 3, H, W) in [0, 1], the ControlNet's residuals are added to
         the U-Net on both the conditional and the unconditional half (diffusers' StableDiffusionControlNetPipeline
-        with guess_mode off)."""
+        with guess_mode off).
+
+        An SDXL U-Net takes (B, 77, 2048) contexts and `pooled` = (cond_pooled, uncond_pooled), each (B, 1280) or
+        (1, 1280), with the size conditioning of an uncropped `resolution` square (original = target = resolution,
+        crop 0: diffusers' StableDiffusionXLPipeline and ComfyUI's CLIP Text Encode (SDXL) defaults)."""
         b = cond.shape[0]
         uncond = uncond.expand(b, -1, -1) if uncond.shape[0] == 1 else uncond
         context = torch.cat([uncond, cond]).to(self.device, self.dtype)  # uncond first, as the official code
+        added = {}
+        if pooled is not None:
+            pooled_c, pooled_u = (p.expand(b, -1) for p in pooled)
+            sizes = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32)
+            added["added_cond_kwargs"] = {"text_embeds": torch.cat([pooled_u, pooled_c]).to(self.device, self.dtype),
+                                          "time_ids": sizes.expand(2 * b, -1).to(self.device)}
         side = resolution // self.vae_scale
         latents = torch.randn(
             (b, self.unet.config.in_channels, side, side), generator=generator, dtype=torch.float32
@@ -126,7 +137,7 @@ class DiffusionSampler:
                 down, mid = controlnet(model_in, t, encoder_hidden_states=context, controlnet_cond=hint,
                                        return_dict=False)
                 residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            eps = self.unet(model_in, t, encoder_hidden_states=context, **residuals).sample
+            eps = self.unet(model_in, t, encoder_hidden_states=context, **residuals, **added).sample
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
             latents = self.scheduler.step(eps, t, latents).prev_sample

@@ -145,10 +145,14 @@ class StageModule(nn.Module):
 
 
 # -- building the KOSMOS-G model of a stage ---------------------------------------------------------------------------
-def _aligner_preset(cfg, mllm_dim: int):
+def aligner_preset(cfg, mllm_dim: int, sdxl: bool = False):
+    """`[model] aligner_preset`'s AlignerNet, or when "" the one that fits: official sizes for a 2048-wide MLLM, else
+    tiny; with SDXL's heads (`sdxl` / `tiny_sdxl`) when the frozen base is SDXL."""
     from kosmos_g_core.config import PRESETS
 
     name = cfg.model.aligner_preset or ("official" if mllm_dim == 2048 else "tiny")
+    if not cfg.model.aligner_preset and sdxl:
+        name = {"official": "sdxl", "tiny": "tiny_sdxl"}[name]
     if name not in PRESETS:
         raise ValueError(f"[model] aligner_preset = {name!r}: unknown; expected one of {sorted(PRESETS)}")
     return PRESETS[name].aligner
@@ -172,12 +176,14 @@ def _set_aligner(model, aligner_cfg) -> None:
     model.config = replace(model.config, aligner=aligner_cfg)
 
 
-def build_kosmos(cfg, device: torch.device, *, aligner: str):
+def build_kosmos(cfg, device: torch.device, *, aligner: str, sdxl: bool = False):
     """The KosmosG of a stage, fp32 (master weights), tokenizer attached.
 
     aligner: "keep" (whatever the init has), "encoder" (M only; created if absent), "with_decoder" (M and N).
     `[model] init` names a pack .safetensors (e.g. a Kosmos-2 conversion or a previous stage's export); when empty
     the model starts from random weights of `[model] preset` with the tokenizer files of `[model] tokenizer`.
+    sdxl: the frozen base is SDXL, so an AlignerNet created here gets SDXL's heads (unless `[model] aligner_preset`
+    names one).
     """
     from pathlib import Path
 
@@ -198,30 +204,44 @@ def build_kosmos(cfg, device: torch.device, *, aligner: str):
         model = KosmosG(PRESETS[cfg.model.preset], dtype=torch.float32)
         model.tokenizer = KosmosTokenizer.from_files(folder / "sentencepiece.bpe.model", folder / "dict.txt")
     tokenizer = model.tokenizer
-    wanted = stage_kosmos_config(cfg, model.config, aligner).aligner
+    wanted = stage_kosmos_config(cfg, model.config, aligner, sdxl=sdxl).aligner
     if model.config.aligner != wanted:
         _set_aligner(model, wanted)
     model.tokenizer = tokenizer
     return model.to(device)
 
 
-def stage_kosmos_config(cfg, config, aligner: str):
+def stage_kosmos_config(cfg, config, aligner: str, sdxl: bool = False):
     """The architecture a stage trains, from the init model's `config`: AlignerNet as `aligner` asks ("keep",
-    "encoder" = M only, "with_decoder" = M and N), created at `[model] aligner_preset` sizes when absent. The one rule
-    build_kosmos and the memory planner (training/memory_plan.py) share."""
+    "encoder" = M only, "with_decoder" = M and N), created at `[model] aligner_preset` sizes when absent (with SDXL's
+    heads when `sdxl`, the frozen base being SDXL, and the preset is left to choose). The one rule build_kosmos and
+    the memory planner (training/memory_plan.py) share."""
     if aligner == "keep":
         return config
-    base = config.aligner or _aligner_preset(cfg, config.mllm.dim)
+    base = config.aligner or aligner_preset(cfg, config.mllm.dim, sdxl)
     return replace(config, aligner=replace(base, with_decoder=(aligner == "with_decoder")))
 
 
-def check_condition_width(kosmos, width: int, what: str, path) -> None:
-    """AlignerNet M's output width must be the frozen SD1.5 part's context width (768 for SD1.5; a toy base may be
-    narrower): say so before the first step rather than as a matmul shape error deep in the U-Net or the loss."""
-    ours = kosmos.config.condition_shape[1]
-    if ours != width:
-        raise ValueError(f"the KOSMOS-G model's AlignerNet outputs {ours}-wide conditioning but {what} of [sd15] path "
-                         f"{path} is {width}-wide: use a model and an SD1.5 folder of the same width")
+def _describe_width(width: int, pooled: int | None) -> str:
+    return f"{width}-wide" + (f" with a {pooled}-wide pooled vector" if pooled is not None else "")
+
+
+def check_condition_width(kosmos, width: int, what: str, path, pooled: int | None = None) -> None:
+    """AlignerNet M's output width must be the frozen base's context width (768 for SD1.5, 2048 for SDXL; a toy base
+    may be narrower), and its pooled head's width the base's pooled width (SDXL's 1280; SD1.5 has none): say so
+    before the first step rather than as a shape error deep in the U-Net or the loss, or a KeyError on SDXL's
+    `text_embeds`."""
+    ours, our_pooled = kosmos.config.condition_shape[1], kosmos.config.pooled_dim
+    if ours == width and our_pooled == pooled:
+        return
+    message = (f"the KOSMOS-G model's AlignerNet outputs {_describe_width(ours, our_pooled)} conditioning but {what} "
+               f"of [sd15] path {path} is {_describe_width(width, pooled)}")
+    if (our_pooled is None) != (pooled is None):
+        base, other = ("an SDXL", "SDXL") if pooled is not None else ("an SD1.5", "SD1.5")
+        raise ValueError(f"{message}: {base} base needs an AlignerNet made for {other} (one with a pooled head for "
+                         "SDXL, none for SD1.5). Start stage 2 from a file without AlignerNet (the preset then follows "
+                         "the base, or set [model] aligner_preset), and stage 3 from that base's stage-2 export")
+    raise ValueError(f"{message}: use a model and a base folder of the same width")
 
 
 def select_trainable(kosmos: nn.Module, prefixes: Iterable[str]) -> int:
@@ -264,19 +284,33 @@ def frozen_dtype(cfg) -> torch.dtype:
     return dtype_from_name(frozen_dtype_name(cfg), "[sd15] dtype")
 
 
-def cache_identity(cfg, frozen: nn.Module, tokenizer=None):
+def cache_identity(cfg, frozen: nn.Module, tokenizer=None, text_encoder_2: nn.Module | None = None,
+                   tokenizer_2=None):
     """The identity a frozen-output cache file must carry to be used by this run (and that `training.build_cache`
     writes): the frozen part's weights hash, the CLIP tokenizer (stage 2), the input transform, the target resolution
-    (stage 3), the frozen dtype and the autocast precision. One owner for the trainer and the builder."""
-    from training.data.frozen_cache import STAGE_KIND, CacheIdentity, tokenizer_digest, weights_digest
-    from training.data.transforms import TARGET_TRANSFORM
-    from training.sd15 import CLIP_IDS_RULE
+    (stage 3), the frozen dtype and the autocast precision. One owner for the trainer and the builder.
 
-    kind = STAGE_KIND[cfg.stage]
-    clip = kind == "clip_text"
-    return CacheIdentity(kind=kind, weights=weights_digest(frozen), tokenizer=tokenizer_digest(tokenizer) if clip else "",
-                         transform=CLIP_IDS_RULE if clip else TARGET_TRANSFORM,
-                         resolution=0 if clip else cfg.sd15.resolution, dtype=frozen_dtype_name(cfg),
+    SDXL's stage 2 passes its second text encoder and tokenizer too: the identity is then of kind `sdxl_text` and
+    hashes both encoders (as one state dict, `text_encoder.*` and `text_encoder_2.*`) and both tokenizers."""
+    import hashlib
+
+    from training.data.frozen_cache import CacheIdentity, cache_kind, tokenizer_digest, weights_digest
+    from training.data.transforms import TARGET_TRANSFORM
+    from training.sd15 import CLIP_IDS_RULE, SDXL_TEXT_IDS_RULE
+
+    sdxl = text_encoder_2 is not None
+    kind = cache_kind(cfg.stage, sdxl)
+    text = kind != "vae_posterior"
+    if sdxl:
+        weights = weights_digest(nn.ModuleDict({"text_encoder": frozen, "text_encoder_2": text_encoder_2}))
+        digest = hashlib.sha256((tokenizer_digest(tokenizer) + tokenizer_digest(tokenizer_2)).encode()).hexdigest()
+        rule = SDXL_TEXT_IDS_RULE
+    else:
+        weights = weights_digest(frozen)
+        digest = tokenizer_digest(tokenizer) if text else ""
+        rule = CLIP_IDS_RULE if text else TARGET_TRANSFORM
+    return CacheIdentity(kind=kind, weights=weights, tokenizer=digest, transform=rule,
+                         resolution=0 if text else cfg.sd15.resolution, dtype=frozen_dtype_name(cfg),
                          precision=cfg.parallel.precision, model=str(cfg.sd15.path))
 
 
@@ -289,7 +323,12 @@ class KosmosStage(Stage):
     sd15_parts: tuple[str, ...] = ()  # frozen SD1.5 parts load_sd15 loads: "text_encoder", "unet", "vae"
 
     def build_model(self, cfg, device: torch.device) -> StageModule:
-        kosmos = build_kosmos(cfg, device, aligner=self.aligner_mode)
+        from ..sd15 import SDXL, base_kind
+
+        sdxl = bool(self.sd15_parts) and base_kind(cfg.sd15.path) == SDXL
+        if self.sd15_parts:
+            log.info("frozen base: %s (%s)", "SDXL" if sdxl else "SD1.5", cfg.sd15.path)
+        kosmos = build_kosmos(cfg, device, aligner=self.aligner_mode, sdxl=sdxl)
         parts = load_sd15(cfg.sd15.path, device=device, dtype=frozen_dtype(cfg), tokenizer_path=cfg.sd15.tokenizer,
                           **dict.fromkeys(self.sd15_parts, True)) if self.sd15_parts else None
         return self.assemble(cfg, kosmos, parts)

@@ -154,6 +154,11 @@ class ControlNetStage(Stage):
         SemanticConfig.from_dict(cfg.semantic)
         if not cfg.sd15.path:
             raise ValueError("[sd15] path is empty: the controlnet stage needs the base model's diffusers folder")
+        from ..sd15 import SDXL, base_kind
+
+        if base_kind(cfg.sd15.path) == SDXL:
+            raise ValueError(f"[sd15] path {cfg.sd15.path} is an SDXL base: the controlnet stage trains a ControlNet "
+                             "for SD1.5-layout bases only (an SDXL ControlNet needs SDXL's added conditions)")
         return ControlNetDataConfig.from_table(cfg.data)
 
     def build_model(self, cfg, device: torch.device) -> ControlNetTraining:

@@ -10,6 +10,15 @@
 Trainable: MLLM, connector, AlignerNet M, last ViT block + ln_post. Data: compositional : editing : captions shards
 (the loader applies the entity-word, cut-out and caption-drop rules). When `[semantic]` has a non-zero weight the
 `semantic_supervision.SemanticSupervision` (beside this file) adds its terms.
+
+Against an SDXL base (not in the official code) c is the (B, 77, 2048) context and the frozen SDXL U-Net also reads
+SDXL's added conditions, as diffusers' SDXL training does:
+
+    pooled   = KosmosG.pooled(c)                            (B, 1280), of the condition after the null draw, so a
+                                                            dropped sample gets pooled(null): inference's negative
+    time_ids = batch["target_geometry"]                     (B, 6): original h, w, crop top, left, target h, w of the
+                                                            target image (training/data/transforms.target_geometry)
+    loss     = mean_b mean (UNet(x_t, t, c, text_embeds=pooled, time_ids=time_ids) - eps)^2
 """
 
 from __future__ import annotations
@@ -66,6 +75,10 @@ class InstructionTuning(StageModule):
         null = self.kosmos.align(self.kosmos.mllm_forward(null_tokens), null_tokens)  # (1, 77, 768)
         drop = torch.rand(B, device=cond.device) < self.cond_dropout
         cond = torch.where(drop[:, None, None], null.expand_as(cond), cond)
+        added = {}
+        if self.kosmos.config.pooled_dim is not None:  # SDXL: the pooled vector and size conditioning
+            added["added_cond_kwargs"] = {"text_embeds": self.kosmos.pooled(cond).to(unet.dtype),  # (B, 1280)
+                                          "time_ids": batch["target_geometry"].float()}  # (B, 6), exact in fp32
 
         with torch.no_grad():
             if "latent_mean" in batch:  # the target's posterior from the frozen-output cache, each (B, 4, R/8, R/8)
@@ -78,7 +91,7 @@ class InstructionTuning(StageModule):
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (B,), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        noise_pred = unet(noisy, timesteps, encoder_hidden_states=cond.to(unet.dtype)).sample
+        noise_pred = unet(noisy, timesteps, encoder_hidden_states=cond.to(unet.dtype), **added).sample
         diffusion = (noise_pred.float() - noise.float()).pow(2).mean(dim=(1, 2, 3)).mean()
         loss = diffusion
         metrics = {"loss/diffusion": diffusion.detach(), "cond/null_share": drop.float().mean()}
@@ -92,16 +105,22 @@ class InstructionTuning(StageModule):
         return loss, metrics
 
     @torch.no_grad()
-    def sample_conditions(self, prompts: list) -> tuple[Tensor, Tensor]:
-        """Prompts -> (cond, uncond), each (N, 77, 768), in eval mode (no dropout)."""
+    def sample_conditions(self, prompts: list) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Prompts -> (cond, uncond, cond_pooled, uncond_pooled) in eval mode (no dropout): cond and uncond each
+        (N, 77, 768), pooled None; SDXL (N, 77, 2048) and pooled (N, 1280) each, the null condition's pooled vector
+        being the pooled head of the null context, as the nodes make the negative."""
         was_training = self.training
         self.eval()
         try:
             cond = self.kosmos.condition(self.kosmos.collate(prompts))
-            uncond = self.kosmos.null_condition().expand_as(cond)
+            null = self.kosmos.null_condition()  # (1, 77, C)
+            uncond = null.expand_as(cond)
+            pooled = uncond_pooled = None
+            if self.kosmos.config.pooled_dim is not None:
+                pooled, uncond_pooled = self.kosmos.pooled(cond), self.kosmos.pooled(null).expand(cond.shape[0], -1)
         finally:
             self.train(was_training)
-        return cond, uncond
+        return cond, uncond, pooled, uncond_pooled
 
 
 def _prompts(items) -> list:
@@ -138,10 +157,11 @@ class Stage3(KosmosStage):
         SemanticConfig.from_dict(cfg.semantic)
 
     def assemble(self, cfg, kosmos, parts) -> InstructionTuning:
+        from ..sd15 import unet_pooled_dim
         from .semantic_supervision import SemanticConfig
 
         check_condition_width(kosmos, parts.unet.config.cross_attention_dim, "the U-Net's cross-attention",
-                              cfg.sd15.path)
+                              cfg.sd15.path, pooled=unet_pooled_dim(parts.unet.config))
         module = InstructionTuning(kosmos, cfg.model.cond_dropout)
         module.add_frozen("unet", parts.unet)
         module.add_frozen("vae", parts.vae)
@@ -181,7 +201,7 @@ class Stage3(KosmosStage):
         module = unwrap(model)
         # FSDP: every rank runs the (registered) conditioning method, since it gathers parameters.
         caller = model if is_fsdp(model) else module
-        cond, uncond = caller.sample_conditions(_prompts(cfg.sample.prompts))
+        cond, uncond, pooled, uncond_pooled = caller.sample_conditions(_prompts(cfg.sample.prompts))
         if dist.is_initialized() and dist.get_rank() != 0:
             return
         from ..evaluation.sampler import DiffusionSampler, scheduler_from_config
@@ -192,7 +212,8 @@ class Stage3(KosmosStage):
         images = sampler.sample(cond, uncond, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
                                 resolution=cfg.sample.resolution or cfg.sd15.resolution,
                                 # its own generator: the training RNG streams stay untouched
-                                generator=torch.Generator(device="cpu").manual_seed(cfg.sample.seed))
+                                generator=torch.Generator(device="cpu").manual_seed(cfg.sample.seed),
+                                pooled=None if pooled is None else (pooled, uncond_pooled))
         writer.images("samples", images, step)
         folder = Path(cfg.run.out_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
