@@ -188,7 +188,6 @@ def unet_pooled_dim(config) -> int | None:
     return int(config["projection_class_embeddings_input_dim"]) - SDXL_TIME_IDS * int(config["addition_time_embed_dim"])
 
 
-
 def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
