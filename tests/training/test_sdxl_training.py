@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from kosmos_g_core.prompt import InterleavedPrompt
-from training.optim import OptimConfig, build_optimizer
 from training.sd15 import SD15, SDXL, base_kind, load_sd15, sdxl_text_target, text_targets
 from training.stages import STAGES
 from training.tiny_assets import write_tiny_init, write_tiny_sdxl
@@ -54,18 +53,6 @@ def first_batch(stage, cfg, model) -> dict:
     return next(iter(stage.build_dataloader(cfg, model, 0, 1)))
 
 
-def train_on(stage, model, batch: dict, steps: int, lr: float) -> list[float]:
-    """AdamW steps on one batch, the RNG reset each step so noise, timesteps and dropout repeat."""
-    optimizer = build_optimizer(stage.trainable_parameters(model), OptimConfig(lr=lr, warmup_steps=0))
-    losses = []
-    for _ in range(steps):
-        torch.manual_seed(0)
-        loss, _ = stage.loss(model, batch, 0)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    return losses
 
 
 def moved_since(before: dict, model) -> set[str]:
@@ -151,7 +138,7 @@ def test_sdxl_targets_are_diffusers_encode_prompt(assets):
 
 
 # -- stage 2 ----------------------------------------------------------------------------------------------------------
-def test_stage2_builds_sdxl_heads_from_the_base_and_its_loss_is_the_formula(assets):
+def test_stage2_builds_sdxl_heads_from_the_base_and_its_loss_is_the_formula(assets, train_on):
     cfg = make_cfg(assets, "stage2", ["captions"], pooled_weight=0.5)
     stage = STAGES["stage2"]()
     model = stage.build_model(cfg, CPU)
@@ -284,7 +271,7 @@ def test_stage3_dropped_conditions_get_the_null_contexts_pooled_vector(assets):
                                atol=1e-5)
 
 
-def test_stage3_loss_decreases_through_the_frozen_sdxl_unet_into_the_pooled_head(assets):
+def test_stage3_loss_decreases_through_the_frozen_sdxl_unet_into_the_pooled_head(assets, train_on):
     cfg = make_cfg(assets, "stage3", ["compositional"], init="sdxl_m.safetensors", cond_dropout=0.0)
     stage = STAGES["stage3"]()
     model = stage.build_model(cfg, CPU)

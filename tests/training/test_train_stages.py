@@ -45,18 +45,6 @@ def fixed_batch(stage, cfg, model) -> dict:
     return next(iter(stage.build_dataloader(cfg, model, 0, 1)))
 
 
-def train_on(stage, model, batch: dict, steps: int, lr: float) -> list[float]:
-    """Steps of AdamW on one batch; the RNG is reset each step so noise, timesteps and dropout repeat."""
-    optimizer = build_optimizer(stage.trainable_parameters(model), OptimConfig(lr=lr, warmup_steps=0))
-    losses = []
-    for _ in range(steps):
-        torch.manual_seed(0)
-        loss, _ = stage.loss(model, batch, 0)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    return losses
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -67,7 +55,7 @@ def changed(before: dict, model) -> set[str]:
     return {k for k, v in model.kosmos.state_dict().items() if not torch.equal(before[k], v)}
 
 
-def test_stage1_next_token_loss_decreases_and_vision_stays_frozen_but_last_block(assets):
+def test_stage1_next_token_loss_decreases_and_vision_stays_frozen_but_last_block(assets, train_on):
     cfg = make_cfg(assets, "stage1", ["interleaved"], init="", preset="tiny", tokenizer=str(assets["tokenizer"]))
     stage = STAGES["stage1"]()
     model = stage.build_model(cfg, torch.device("cpu"))
@@ -98,7 +86,7 @@ def test_stage1_loss_is_cross_entropy_on_loss_mask_positions_only(assets):
     assert not mask[batch["image_mask"][:, 1:]].any()  # image slots are never targets
 
 
-def test_stage2_trains_only_the_aligner_with_the_reference_loss(assets):
+def test_stage2_trains_only_the_aligner_with_the_reference_loss(assets, train_on):
     cfg = make_cfg(assets, "stage2", ["captions"])
     stage = STAGES["stage2"]()
     model = stage.build_model(cfg, torch.device("cpu"))
@@ -138,7 +126,7 @@ def test_stage2_drops_captions_over_75_clip_tokens(assets):
     assert keep(" ".join(["dog"] * 75)) and not keep(" ".join(["dog"] * 76))
 
 
-def test_stage3_diffusion_loss_decreases_through_the_frozen_unet(assets):
+def test_stage3_diffusion_loss_decreases_through_the_frozen_unet(assets, train_on):
     cfg = make_cfg(assets, "stage3", ["compositional"], cond_dropout=0.0)
     stage = STAGES["stage3"]()
     model = stage.build_model(cfg, torch.device("cpu"))
