@@ -83,6 +83,14 @@ SDXL = "sdxl"
 # left, target height, target width.
 SDXL_TIME_IDS = 6
 
+
+def square_time_ids(resolution: int, batch: int) -> torch.Tensor:
+    """(batch, 6) float32 size conditioning of an uncropped `resolution` square: original = target = resolution, crop
+    0 (diffusers' StableDiffusionXLPipeline and ComfyUI's CLIP Text Encode (SDXL) defaults). Sampling uses it; stage 3
+    reads each sample's own geometry from its batch instead."""
+    sizes = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32)
+    return sizes.expand(batch, -1)
+
 # stabilityai/stable-diffusion-xl-base-1.0's configs, for building its architecture without its folder (the memory
 # planner). unet/config.json:
 SDXL_UNET = {

@@ -1,4 +1,5 @@
-"""The toy base model (SD1.5 classes and folder layout), its tokenizer, the TOML writer and the toy shards."""
+"""The toy base model (SD1.5 classes and folder layout; SDXL's for the SDXL-shaped one), its tokenizer, the TOML
+writer and the toy shards."""
 
 import json
 
@@ -8,7 +9,13 @@ import torch
 
 from training.tiny_assets import write_clip_tokenizer
 from training.toy_world import toml_writer
-from training.toy_world.base_model import BaseModelConfig, encode_text, load_text_side, train_base_model
+from training.toy_world.base_model import (
+    BaseModelConfig,
+    encode_text,
+    load_base_text,
+    load_text_side,
+    train_base_model,
+)
 from training.toy_world.scenes import vocabulary
 
 
@@ -47,7 +54,7 @@ def test_text_encoder_pretraining_makes_every_position_carry_the_caption(tmp_pat
 
     from transformers import CLIPTokenizer
 
-    from training.toy_world.base_model import build_components, pretrain_text_encoder
+    from training.toy_world.base_model import BaseText, build_components, pretrain_text_encoder
 
     tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(vocabulary(), tmp_path))
     cfg = BaseModelConfig.test()
@@ -62,13 +69,64 @@ def test_text_encoder_pretraining_makes_every_position_carry_the_caption(tmp_pat
         return float(between / total)
 
     torch.manual_seed(0)
-    _, _, text = build_components(cfg, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    _, _, side = build_components(cfg, tok)
+    assert isinstance(side, BaseText) and side.text_encoder_2 is None
+    text = side.text_encoder
     before = caption_share(text)
-    first = pretrain_text_encoder(tok, text, replace(cfg, text_steps=1, text_batch=16), random.Random(0))
-    last = pretrain_text_encoder(tok, text, replace(cfg, text_steps=40, text_batch=16), random.Random(1))
+    first = pretrain_text_encoder(side, replace(cfg, text_steps=1, text_batch=16), random.Random(0))
+    last = pretrain_text_encoder(side, replace(cfg, text_steps=40, text_batch=16), random.Random(1))
     assert last < 0.5 * first
     assert not any(p.requires_grad for p in text.parameters())
     assert caption_share(text) > 2 * before
+
+
+@pytest.fixture(scope="module")
+def sdxl_base_dir(tmp_path_factory):
+    return train_base_model(tmp_path_factory.mktemp("sdxl_base"), BaseModelConfig.test_sdxl(), seed=0)
+
+
+def test_sdxl_shaped_base_loads_like_sdxl_and_encodes_as_sdxl(sdxl_base_dir):
+    """The SDXL-shaped toy base is what the trainer and the sampler take for SDXL: two text encoders whose
+    penultimate states concatenate into the U-Net's context, a pooled vector, a U-Net with SDXL's text_time
+    embedding, tokenizer_2 padding with "!"; the evaluation's text side encodes exactly as stage 2's SDXL targets."""
+    from training.evaluation.sampler import DiffusionSampler
+    from training.sd15 import SDXL, base_kind, load_sd15, sdxl_text_target, unet_pooled_dim
+
+    cfg = BaseModelConfig.test_sdxl()
+    index = json.loads((sdxl_base_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline" and "text_encoder_2" in index
+    assert base_kind(sdxl_base_dir) == SDXL
+    parts = load_sd15(sdxl_base_dir, device=torch.device("cpu"), dtype=torch.float32, text_encoder=True, unet=True)
+    assert parts.is_sdxl and parts.tokenizer_2.pad_token == "!"
+    assert parts.unet.config.cross_attention_dim == sum(cfg.sdxl_text_widths) == cfg.context_dim
+    assert unet_pooled_dim(parts.unet.config) == cfg.pooled_dim == parts.text_encoder_2.config.projection_dim
+    text = load_base_text(sdxl_base_dir)
+    captions = ["a red round toy on the beach", ""]
+    context, pooled = text.encode(captions)
+    assert context.shape == (2, 77, cfg.context_dim) and pooled.shape == (2, cfg.pooled_dim)
+    want = sdxl_text_target(parts.text_encoder, parts.text_encoder_2, parts.tokenizer, parts.tokenizer_2, captions,
+                            torch.device("cpu"))
+    assert torch.equal(context, want[0]) and torch.equal(pooled, want[1])
+    # the first encoder's states come first, as CLIP-L's 768 come before bigG's 1280 in SDXL's 2048
+    first = text.text_encoder(text.tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt")
+                              .input_ids, output_hidden_states=True).hidden_states[-2]
+    assert torch.equal(context[..., : cfg.sdxl_text_widths[0]], first)
+    sampler = DiffusionSampler.from_folder(sdxl_base_dir)
+    image = sampler.sample(context[:1], context[1:], steps=2, guidance=5.0, resolution=32,
+                           generator=torch.Generator().manual_seed(0), pooled=(pooled[:1], pooled[1:]))
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_sdxl_base_config_checks_its_widths():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="must add up to context_dim"):
+        replace(BaseModelConfig.toy_sdxl(), sdxl_text_widths=(96, 96))
+    with pytest.raises(ValueError, match="text_layers must be >= 2"):
+        replace(BaseModelConfig.toy_sdxl(), text_layers=1)
+    with pytest.raises(ValueError, match="expected 'sd15' or 'sdxl'"):
+        BaseModelConfig(kind="sd3")
+    assert BaseModelConfig.toy().pooled_dim is None and BaseModelConfig.toy_sdxl().pooled_dim == 160
 
 
 def test_toy_words_are_single_clip_tokens(tmp_path):

@@ -54,6 +54,32 @@ def test_smoke_run_end_to_end(tmp_path):
     assert format_table(diagnosis).count("\n") == 5
 
 
+def test_sdxl_smoke_run_trains_kosmos_g_for_sdxl(tmp_path):
+    """The same pipeline against an SDXL-shaped toy base: stages 2 and 3 export KOSMOS-G for SDXL (a context of
+    the base's width and a pooled head), and every condition is sampled and scored through the SDXL U-Net."""
+    import pytest
+
+    from kosmos_g_core.checkpoint import load_checkpoint
+
+    cfg = ToyRunConfig.smoke().in_sdxl()
+    results = run(tmp_path, cfg)
+    for stage in ("stage2", "stage3"):
+        model = load_checkpoint(tmp_path / stage / "export.safetensors")
+        assert model.config.aligner.is_sdxl
+        assert model.config.pooled_dim == cfg.base.pooled_dim
+        assert model.config.condition_shape[1] == cfg.base.context_dim
+    assert json.loads((tmp_path / "timings.json").read_text())["base_kind"] == "sdxl"
+    for scores in results["conditions"].values():
+        assert scores["images"] == 10 and 0.0 <= scores["subject_fidelity"] <= 1.0
+    assert set(results["two_entity"]) == set(results["conditions"])
+
+    # an SDXL run refuses an SD1.5-shaped base folder, naming it
+    from training.toy_world.base_model import SHIPPED_BASE
+
+    with pytest.raises(ValueError, match=r"is sd15-shaped but this run is for sdxl"):
+        run(tmp_path / "other", cfg, base=SHIPPED_BASE)
+
+
 def test_diagnose_names_the_folder_when_there_is_no_run(tmp_path):
     import pytest
 

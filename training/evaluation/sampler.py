@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from training.sd15 import square_time_ids
+
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("dpmsolver++", "ddim")
@@ -119,9 +121,8 @@ class DiffusionSampler:
         added = {}
         if pooled is not None:
             pooled_c, pooled_u = (p.expand(b, -1) for p in pooled)
-            sizes = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32)
             added["added_cond_kwargs"] = {"text_embeds": torch.cat([pooled_u, pooled_c]).to(self.device, self.dtype),
-                                          "time_ids": sizes.expand(2 * b, -1).to(self.device)}
+                                          "time_ids": square_time_ids(resolution, 2 * b).to(self.device)}
         side = resolution // self.vae_scale
         latents = torch.randn(
             (b, self.unet.config.in_channels, side, side), generator=generator, dtype=torch.float32

@@ -5,6 +5,13 @@ CLIPTextModel (outputs (B, 77, C) as SD1.5's CLIP ViT-L text tower outputs (B, 7
 with the toy vocabulary, `scheduler/` SD1.5's DDPM schedule. Anything that reads an SD1.5 diffusers folder (the trainer's
 `sd15.path`, the evaluation sampler) reads this one.
 
+The SDXL-shaped variant (`BaseModelConfig.toy_sdxl()`, `kind = "sdxl"`) is the same world in SDXL's layout and
+conditioning, for KOSMOS-G for SDXL: two text encoders (`text_encoder/` a CLIPTextModel, `text_encoder_2/` a
+CLIPTextModelWithProjection, as CLIP-L and OpenCLIP bigG) whose penultimate hidden states are concatenated into the
+(B, 77, C) context (SDXL's 768 + 1280 = 2048), the second one's projected end-of-text state being the (B, P) pooled
+vector (SDXL's 1280); a U-Net with SDXL's `text_time` added embedding (pooled vector + the 6 size values); and
+`tokenizer_2/` padding with "!" as SDXL's does. The trainer's `load_sd15` and `base_kind` read it as SDXL.
+
 Training, in `train_base_model`, in three steps that mirror how SD1.5 was made:
 1. The VAE (reconstruction + a small KL term); its scaling factor is then set to 1 / std of the latents, as SD's
    0.18215 was chosen. It compresses x4 (32 px -> 8 x 8 x 8): the first toy base compressed x8 (4 x 4 x 16), which kept
@@ -25,7 +32,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -34,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from training.cli import setup_logging
-from training.sd15 import SD15_SCHEDULER, cast_module
-from training.tiny_assets import write_clip_tokenizer
+from training.sd15 import SD15, SD15_SCHEDULER, SDXL, SDXL_TIME_IDS, cast_module, sdxl_text_target, square_time_ids
+from training.tiny_assets import SDXL_TOKENIZER_2_PAD, TOY_ALPHABET, write_clip_tokenizer
 
 from .scenes import COLOURS, PAIR_PROB, PLACES, SHAPES, random_any_scene, render, vocabulary
 
@@ -48,6 +55,7 @@ SHIPPED_BASE = Path(__file__).resolve().parent / "assets" / "base"
 
 @dataclass(frozen=True)
 class BaseModelConfig:
+    kind: str = SD15  # SD15: SD1.5's layout and conditioning; SDXL: SDXL's (module docstring)
     image_size: int = 32
     # x4 downsampling: 32 px scenes -> 8 x 8 latents, so that each 12 px subject of a two-subject scene spans about
     # 3 x 3 latent cells. The earlier x8 base (4 x 4 x 16 latents) drew two told subjects exactly right only 0.233 of
@@ -62,6 +70,11 @@ class BaseModelConfig:
     # The cross-attention context width, which the KOSMOS-G AlignerNet must output. SD1.5's is 768; at 768 the
     # AlignerNet's linears were two thirds of a stage-2/3 step at this scale (profiled), so the toy world uses 256.
     context_dim: int = 256
+    # SDXL only: the two text encoders' widths, whose penultimate states are concatenated into the `context_dim`-wide
+    # context (SDXL's CLIP-L 768 + bigG 1280); the second's projection width is the pooled vector's (SDXL's 1280).
+    # Unequal, as SDXL's are, so that a swapped concatenation order cannot go unnoticed.
+    sdxl_text_widths: tuple[int, int] = (96, 160)
+    sdxl_time_embed_dim: int = 32  # each of the 6 size values' sinusoidal embedding (SDXL's 256)
     max_length: int = 77
     # training
     vae_steps: int = 800
@@ -78,6 +91,22 @@ class BaseModelConfig:
     uncond_prob: float = 0.1
     pair_prob: float = PAIR_PROB  # two-subject scenes ("a toy next to a block ...")
 
+    def __post_init__(self) -> None:
+        if self.kind not in (SD15, SDXL):
+            raise ValueError(f"BaseModelConfig.kind = {self.kind!r}: expected {SD15!r} or {SDXL!r}")
+        if self.kind == SDXL:
+            if sum(self.sdxl_text_widths) != self.context_dim:
+                raise ValueError(f"SDXL toy base: the text widths {self.sdxl_text_widths} must add up to context_dim "
+                                 f"{self.context_dim} (the U-Net reads their concatenation)")
+            if self.text_layers < 2:
+                raise ValueError("SDXL toy base: text_layers must be >= 2, so that the penultimate hidden state SDXL "
+                                 "reads is a transformer layer's output, not the embeddings")
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """Width of the pooled text vector the U-Net reads (the second encoder's projection); None for SD1.5."""
+        return self.sdxl_text_widths[1] if self.kind == SDXL else None
+
     @property
     def latent_size(self) -> int:
         """Side of the VAE latent (and of the U-Net's finest cross-attention maps): each VAE level after the first
@@ -89,19 +118,30 @@ class BaseModelConfig:
         return cls()
 
     @classmethod
+    def toy_sdxl(cls) -> BaseModelConfig:
+        """The toy base in SDXL's shape: the same sizes and training, two text encoders of two layers each."""
+        return cls(kind=SDXL, text_layers=2)
+
+    @classmethod
     def test(cls) -> BaseModelConfig:
         """Seconds-scale smoke configuration for tests."""
         return cls(vae_channels=(8, 8), unet_channels=(16, 32), unet_heads=2, text_layers=1, text_ffn=64,
                    vae_steps=3, text_steps=3, text_batch=4, unet_steps=3, batch_size=4)
 
+    @classmethod
+    def test_sdxl(cls) -> BaseModelConfig:
+        """`test` in SDXL's shape."""
+        return replace(cls.test(), kind=SDXL, text_layers=2)
 
-PRESETS = {"toy": BaseModelConfig.toy, "test": BaseModelConfig.test}
+
+PRESETS = {"toy": BaseModelConfig.toy, "toy_sdxl": BaseModelConfig.toy_sdxl, "test": BaseModelConfig.test,
+           "test_sdxl": BaseModelConfig.test_sdxl}
 
 
-def build_components(cfg: BaseModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
-    """Fresh (unet, vae, text_encoder) with random weights."""
+def build_components(cfg: BaseModelConfig, tokenizer, tokenizer_2=None):
+    """Fresh (unet, vae, BaseText) with random weights; `tokenizer_2` (SDXL's second tokenizer) for an SDXL base."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     groups = min(16, cfg.vae_channels[0])
     vae = AutoencoderKL(
@@ -110,18 +150,63 @@ def build_components(cfg: BaseModelConfig, vocab_size: int, pad_id: int, bos_id:
         up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
         block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=groups, sample_size=cfg.image_size,
     )
+    # SDXL: pooled text + 6 size values, each through a `sdxl_time_embed_dim` sinusoidal embedding, added to the
+    # timestep embedding (SDXL's projection_class_embeddings_input_dim 1280 + 6 x 256 = 2816); linear projections
+    sdxl = {} if cfg.pooled_dim is None else {
+        "addition_embed_type": "text_time", "addition_time_embed_dim": cfg.sdxl_time_embed_dim,
+        "projection_class_embeddings_input_dim": cfg.pooled_dim + SDXL_TIME_IDS * cfg.sdxl_time_embed_dim,
+        "use_linear_projection": True}
     unet = UNet2DConditionModel(
         sample_size=cfg.latent_size, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=cfg.unet_channels, layers_per_block=1, cross_attention_dim=cfg.context_dim,
-        attention_head_dim=cfg.unet_heads, norm_num_groups=min(32, cfg.unet_channels[0]),
+        attention_head_dim=cfg.unet_heads, norm_num_groups=min(32, cfg.unet_channels[0]), **sdxl,
     )
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=cfg.context_dim, intermediate_size=cfg.text_ffn,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_length,
-        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, projection_dim=cfg.context_dim,
-    ))
+
+    def text_config(tok, width: int, **extra) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=width, intermediate_size=cfg.text_ffn, num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_length, pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **extra)
+
+    if cfg.kind == SD15:
+        text = BaseText(tokenizer, CLIPTextModel(text_config(tokenizer, cfg.context_dim, projection_dim=cfg.context_dim)))
+    else:  # CLIP-L's quick_gelu and bigG's gelu, as SDXL's two encoders
+        first, second = cfg.sdxl_text_widths
+        text = BaseText(tokenizer, CLIPTextModel(text_config(tokenizer, first, hidden_act="quick_gelu")),
+                        tokenizer_2, CLIPTextModelWithProjection(text_config(tokenizer_2, second, hidden_act="gelu",
+                                                                             projection_dim=cfg.pooled_dim)))
     return unet, vae, text
+
+
+class BaseText:
+    """The base model's text side, encoding captions as its pipeline does: SD1.5's CLIP text encoder (its last hidden
+    state, `encode_text`), or SDXL's two encoders (`training.sd15.sdxl_text_target`, the rule stage 2 trains to:
+    penultimate states concatenated into the context, the second encoder's projected end-of-text state as pooled)."""
+
+    def __init__(self, tokenizer, text_encoder, tokenizer_2=None, text_encoder_2=None):
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
+
+    @property
+    def encoders(self) -> list[torch.nn.Module]:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Captions -> (context (B, 77, C), pooled (B, P) or None for SD1.5)."""
+        if self.text_encoder_2 is None:
+            return encode_text(self.tokenizer, self.text_encoder, captions), None
+        return sdxl_text_target(self.text_encoder, self.text_encoder_2, self.tokenizer, self.tokenizer_2, captions,
+                                self.text_encoder.device)
+
+
+def unet_conditioning(context: torch.Tensor, pooled: torch.Tensor | None, resolution: int) -> dict:
+    """The U-Net's keyword arguments for a (B, 77, C) context: an SDXL U-Net also takes the (B, P) pooled vector and
+    the size conditioning of the toy world's uncropped square pictures."""
+    kwargs = {"encoder_hidden_states": context}
+    if pooled is not None:
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": square_time_ids(resolution, len(pooled))}
+    return kwargs
 
 
 class World(Protocol):
@@ -188,29 +273,36 @@ def _attribute_labels(scene, described: bool) -> tuple[int, ...]:
     return (list(PLACES).index(scene.place), len(subjects) - 1, *words)
 
 
-def pretrain_text_encoder(tokenizer, text_encoder, cfg: BaseModelConfig, rng: random.Random,
-                          world: World = TOY_WORLD) -> float:
+def pretrain_text_encoder(text: BaseText, cfg: BaseModelConfig, rng: random.Random, world: World = TOY_WORLD) -> float:
     """Teach the toy CLIP what a caption says at every one of its 77 output positions; returns the final loss.
 
     Linear heads on each (B, 77, C) position predict what the world's captions state (the toy world: place, subject
     count, each subject's colour word and shape word). The causal mask means positions before a word cannot know it,
-    so the loss does not reach zero."""
+    so the loss does not reach zero. An SDXL base's pooled vector (B, P) gets its own heads, as CLIP trains its
+    pooled output: it reads the whole caption."""
     heads = torch.nn.ModuleList([torch.nn.Linear(cfg.context_dim, n) for n in world.head_sizes])
-    opt = torch.optim.AdamW([*text_encoder.parameters(), *heads.parameters()], lr=cfg.text_lr, weight_decay=0.0)
-    text_encoder.train().requires_grad_(True)
+    pooled_heads = torch.nn.ModuleList([torch.nn.Linear(cfg.pooled_dim, n) for n in world.head_sizes]
+                                       if cfg.pooled_dim is not None else [])
+    params = [p for e in text.encoders for p in e.parameters()] + [*heads.parameters(), *pooled_heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.0)
+    for encoder in text.encoders:
+        encoder.train().requires_grad_(True)
     loss = torch.tensor(float("nan"))
     for step in range(cfg.text_steps):
         captions, labels = world.text_batch(rng, cfg)
-        hidden = encode_text(tokenizer, text_encoder, captions)
+        hidden, pooled = text.encode(captions)  # (B, 77, C), (B, P) or None
         positions = hidden.shape[1]
         loss = sum(F.cross_entropy(head(hidden).flatten(0, 1), labels[:, i].repeat_interleave(positions))
                    for i, head in enumerate(heads))
+        if pooled is not None:
+            loss = loss + sum(F.cross_entropy(head(pooled), labels[:, i]) for i, head in enumerate(pooled_heads))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == cfg.text_steps - 1:
             log.info("text encoder step %d/%d loss %.4f", step, cfg.text_steps, loss.item())
-    text_encoder.eval().requires_grad_(False)
+    for encoder in text.encoders:
+        encoder.eval().requires_grad_(False)
     return float(loss.item())
 
 
@@ -235,9 +327,10 @@ def _train_vae(vae, cfg: BaseModelConfig, rng: random.Random, world: World) -> f
     return float(loss.item())
 
 
-def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.Random, world: World) -> float:
+def _train_unet(unet, vae, scheduler, condition, cfg: BaseModelConfig, rng: random.Random, world: World) -> float:
     """epsilon-prediction with min-SNR-gamma weights w(t) = min(SNR(t), gamma) / SNR(t); keeps an EMA of the
-    weights and loads it into `unet` at the end. Returns the mean weighted loss of the last 100 steps."""
+    weights and loads it into `unet` at the end. `condition(captions)` gives the U-Net's conditioning keyword
+    arguments (`unet_conditioning`). Returns the mean weighted loss of the last 100 steps."""
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
@@ -251,7 +344,7 @@ def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.R
             latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
-        pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embed(captions)).sample
+        pred = unet(scheduler.add_noise(latents, noise, t), t, **condition(captions)).sample
         snr = alphas[t] / (1 - alphas[t])
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # (B,)
         loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
@@ -276,7 +369,8 @@ def _train_unet(unet, vae, scheduler, embed, cfg: BaseModelConfig, rng: random.R
 def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig(), seed: int = 0,
                      threads: int | None = None, save_dtype: torch.dtype = torch.float32,
                      world: World = TOY_WORLD) -> Path:
-    """Train and save a toy world's base model as an SD1.5-layout diffusers folder (weights in `save_dtype`)."""
+    """Train and save a toy world's base model as an SD1.5-layout diffusers folder (SDXL's layout for an SDXL `cfg`;
+    weights in `save_dtype`)."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
@@ -286,42 +380,45 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(world.vocabulary(), out / "tokenizer", cfg.max_length))
-    unet, vae, text = build_components(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                       tokenizer.eos_token_id)
+    tokenizer_2 = None
+    if cfg.kind == SDXL:
+        tokenizer_2 = CLIPTokenizer.from_pretrained(write_clip_tokenizer(
+            world.vocabulary(), out / "tokenizer_2", cfg.max_length, alphabet=TOY_ALPHABET + SDXL_TOKENIZER_2_PAD,
+            pad_token=SDXL_TOKENIZER_2_PAD))
+    unet, vae, text = build_components(cfg, tokenizer, tokenizer_2)
     t0 = time.time()
     seconds = {}
     vae_loss = _train_vae(vae, cfg, rng, world)
     seconds["vae"] = time.time() - t0
-    text_loss = pretrain_text_encoder(tokenizer, text, cfg, rng, world)
+    text_loss = pretrain_text_encoder(text, cfg, rng, world)
     seconds["text_encoder"] = time.time() - t0 - seconds["vae"]
 
-    text_cache: dict[str, torch.Tensor] = {}  # a few thousand distinct captions, each encoded once
+    # a few thousand distinct captions, each encoded once: caption -> (context (77, C), pooled (P,) or None)
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def embed(captions: list[str]) -> torch.Tensor:
+    def condition(captions: list[str]) -> dict:
         missing = sorted({c for c in captions if c not in text_cache})
         if missing:
             with torch.no_grad():
-                for c, e in zip(missing, encode_text(tokenizer, text, missing), strict=True):
-                    text_cache[c] = e
-        return torch.stack([text_cache[c] for c in captions])
+                context, pooled = text.encode(missing)
+            for i, c in enumerate(missing):
+                text_cache[c] = (context[i], None if pooled is None else pooled[i])
+        rows = [text_cache[c] for c in captions]
+        pooled = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
+        return unet_conditioning(torch.stack([r[0] for r in rows]), pooled, cfg.image_size)
 
     scheduler = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k != "set_alpha_to_one"})
-    unet_loss = _train_unet(unet, vae, scheduler, embed, cfg, rng, world)
+    unet_loss = _train_unet(unet, vae, scheduler, condition, cfg, rng, world)
     seconds["unet"] = time.time() - t0 - seconds["vae"] - seconds["text_encoder"]
 
-    for module, sub in ((unet, "unet"), (vae, "vae"), (text, "text_encoder")):
+    encoders = zip(text.encoders, ("text_encoder", "text_encoder_2"), strict=False)
+    for module, sub in ((unet, "unet"), (vae, "vae"), *encoders):
         cast_module(module, save_dtype).save_pretrained(out / sub)
     scheduler.save_pretrained(out / "scheduler")
     cfg_path = out / "scheduler" / "scheduler_config.json"
     sched_cfg = json.loads(cfg_path.read_text()) | {"set_alpha_to_one": False, "skip_prk_steps": True}
     cfg_path.write_text(json.dumps(sched_cfg, indent=2))
-    (out / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None], "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }, indent=2))
+    (out / "model_index.json").write_text(json.dumps(_model_index(cfg), indent=2))
     (out / "toy_base_model.json").write_text(json.dumps({
         "config": asdict(cfg), "seed": seed, "vae_final_loss": vae_loss, "text_encoder_final_loss": text_loss,
         "unet_final_loss": unet_loss, "seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -330,13 +427,43 @@ def train_base_model(out_dir: str | Path, cfg: BaseModelConfig = BaseModelConfig
     return out
 
 
-def load_text_side(folder: str | Path):
-    """(tokenizer, text_encoder) of a saved base model, for text-only generation with the base model itself."""
-    from transformers import CLIPTextModel, CLIPTokenizer
+def _model_index(cfg: BaseModelConfig) -> dict:
+    """model_index.json of the saved folder: SD1.5's StableDiffusionPipeline, or SDXL's pipeline with its second
+    text encoder and tokenizer."""
+    common = {"_diffusers_version": "0.42.1", "unet": ["diffusers", "UNet2DConditionModel"],
+              "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+              "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDPMScheduler"]}
+    if cfg.kind == SDXL:
+        # False: the toy U-Net learnt its unconditional case from the encoded empty caption, not from zeros
+        return {"_class_name": "StableDiffusionXLPipeline", **common, "force_zeros_for_empty_prompt": False,
+                "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                "tokenizer_2": ["transformers", "CLIPTokenizer"]}
+    return {"_class_name": "StableDiffusionPipeline", **common, "safety_checker": [None, None],
+            "feature_extractor": [None, None], "requires_safety_checker": False}
+
+
+def load_base_text(folder: str | Path) -> BaseText:
+    """The text side of a saved base model (SD1.5's or SDXL's, from the folder's files), for text-only generation
+    with the base model itself and for measuring stage 2's alignment."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
-    return (CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
-            CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=torch.float32).eval())
+
+    def load(cls, sub: str):
+        return cls.from_pretrained(folder / sub, local_files_only=True, dtype=torch.float32).eval()
+
+    text = BaseText(CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+                    load(CLIPTextModel, "text_encoder"))
+    if (folder / "text_encoder_2").is_dir():
+        text.tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
+        text.text_encoder_2 = load(CLIPTextModelWithProjection, "text_encoder_2")
+    return text
+
+
+def load_text_side(folder: str | Path):
+    """(tokenizer, text_encoder) of a saved SD1.5-layout base model (`load_base_text` for either layout)."""
+    text = load_base_text(folder)
+    return text.tokenizer, text.text_encoder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -345,11 +472,13 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m training.toy_world.base_model",
                                      description="Train the toy world's SD1.5-shaped base model (VAE, CLIP-shaped text "
-                                                 "encoder, U-Net) and save it as a diffusers folder.\n\n" + main.__doc__,
+                                                 "encoder, U-Net; --preset toy_sdxl: SDXL-shaped, two text encoders) "
+                                                 "and save it as a diffusers folder.\n\n" + main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (a diffusers SD1.5-layout folder)")
+    parser.add_argument("--out", required=True, help="output folder (a diffusers SD1.5- or SDXL-layout folder)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="toy",
-                        help="model and training size: toy (the toy world's) or test (seconds) (default toy)")
+                        help="model and training size: toy (the toy world's), toy_sdxl (the same in SDXL's shape) or "
+                             "test / test_sdxl (seconds) (default toy)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and the weights (default 0)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     parser.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")

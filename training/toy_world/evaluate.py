@@ -29,13 +29,14 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from training.evaluation.report import bar_chart, image_grid, markdown_table, write_json
 from training.evaluation.sampler import DiffusionSampler, to_pil
 
-from .base_model import encode_text, load_text_side
+from .base_model import BaseText, load_base_text
 from .scenes import (
     COLOURS,
     PAIR_PROB,
@@ -129,8 +130,16 @@ def two_entity_cases(count: int, seed: int = 4321) -> list[PairScene]:
     return [PairScene(*rng.sample(all_subjects(), 2), rng.choice(list(PLACES))) for _ in range(count)]
 
 
+class Conditions(NamedTuple):
+    """A condition's prompts, ready for the sampler: cond and uncond (N, 77, C) each, and for an SDXL base the pooled
+    vectors (cond (N, P), uncond (N, P) or (1, P)); None for SD1.5."""
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    pooled: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 @torch.no_grad()
-def _kosmos_conditions(model, scenes, with_image: bool, settings: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _kosmos_conditions(model, scenes, with_image: bool, settings: EvalSettings) -> Conditions:
     from kosmos_g_core.prompt import InterleavedPrompt
 
     def prompt(scene):
@@ -145,35 +154,44 @@ def _kosmos_conditions(model, scenes, with_image: bool, settings: EvalSettings) 
         c = model.encode(prompts[i : i + 50])
         conds.append(c.cond.float())
         unconds.append(c.uncond.float())
-    return torch.cat(conds), torch.cat(unconds)
+    cond, uncond = torch.cat(conds), torch.cat(unconds)
+    if model.config.pooled_dim is None:
+        return Conditions(cond, uncond)
+    # SDXL: the pooled vector of each context, the null condition's for uncond (as stage 3 and the nodes make it)
+    return Conditions(cond, uncond, (model.pooled(cond).float(), model.pooled(uncond).float()))
 
 
 @torch.no_grad()
-def _base_conditions(tokenizer, text_encoder, scenes, described: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _base_conditions(text: BaseText, scenes, described: bool) -> Conditions:
     captions = [scene.caption(describe=described) for scene in scenes]
-    cond = torch.cat([encode_text(tokenizer, text_encoder, captions[i : i + 50]) for i in range(0, len(captions), 50)])
-    uncond = encode_text(tokenizer, text_encoder, [""]).expand_as(cond)
-    return cond, uncond
+    parts = [text.encode(captions[i : i + 50]) for i in range(0, len(captions), 50)]
+    cond = torch.cat([context for context, _ in parts])
+    uncond, uncond_pooled = text.encode([""])
+    if uncond_pooled is None:
+        return Conditions(cond, uncond.expand_as(cond))
+    return Conditions(cond, uncond.expand_as(cond), (torch.cat([pooled for _, pooled in parts]), uncond_pooled))
 
 
-def _all_conditions(model2, model3, tokenizer, text_encoder, scenes, settings: EvalSettings) -> dict:
-    """{condition: (cond, uncond)} of the same scenes under every condition of CONDITIONS."""
+def _all_conditions(model2, model3, text: BaseText, scenes, settings: EvalSettings) -> dict[str, Conditions]:
+    """{condition: Conditions} of the same scenes under every condition of CONDITIONS."""
     return {
         "after_stage3_image": _kosmos_conditions(model3, scenes, True, settings),
         "after_stage3_text": _kosmos_conditions(model3, scenes, False, settings),
         "before_stage3_image": _kosmos_conditions(model2, scenes, True, settings),
-        "base_text": _base_conditions(tokenizer, text_encoder, scenes, described=False),
-        "base_text_described": _base_conditions(tokenizer, text_encoder, scenes, described=True),
+        "base_text": _base_conditions(text, scenes, described=False),
+        "base_text_described": _base_conditions(text, scenes, described=True),
     }
 
 
-def _generate(sampler: DiffusionSampler, cond, uncond, settings: EvalSettings, resolution: int):
+def _generate(sampler: DiffusionSampler, conditions: Conditions, settings: EvalSettings, resolution: int):
+    cond, uncond, pooled = conditions
     images = []
     for i in range(0, cond.shape[0], settings.batch):
         # The same generator seed per batch index in every condition: identical starting noise across conditions.
         g = torch.Generator().manual_seed(settings.seed + i)
-        out = sampler.sample(cond[i : i + settings.batch], uncond[i : i + settings.batch], settings.steps,
-                             settings.guidance, resolution, g)
+        batch = slice(i, i + settings.batch)
+        out = sampler.sample(cond[batch], uncond[batch], settings.steps, settings.guidance, resolution, g,
+                             pooled=None if pooled is None else tuple(p[batch] for p in pooled))
         images += to_pil(out)
     return images
 
@@ -198,12 +216,12 @@ def two_entity_scores(images, scenes: list[PairScene]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def alignment_error(model, tokenizer, text_encoder, count: int = 64, seed: int = 99) -> dict[str, float]:
-    """Stage-2 metric on held-out captions: MSE of M(MLLM(caption)) vs the base text encoder's (77, C) output,
+def alignment_error(model, text: BaseText, count: int = 64, seed: int = 99) -> dict[str, float]:
+    """Stage-2 metric on held-out captions: MSE of M(MLLM(caption)) vs the base text side's (77, C) context,
     and the same MSE for the best constant (the targets' mean), so 1 - mse / baseline is the share explained."""
     rng = random.Random(seed)
     captions = [random_any_scene(rng, PAIR_PROB).caption(describe=rng.random() < 0.5) for _ in range(count)]
-    target = encode_text(tokenizer, text_encoder, captions).float()
+    target = text.encode(captions)[0].float()
     kt = model.tokenizer
     ids = [[0] + kt.encode(c) for c in captions]
     width = max(len(x) for x in ids)
@@ -222,7 +240,7 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = DiffusionSampler.from_folder(base_dir, "dpmsolver++")
-    tokenizer, text_encoder = load_text_side(base_dir)
+    text = load_base_text(base_dir)
     model2 = load_checkpoint(stage2_export, dtype=torch.float32).eval()
     model3 = load_checkpoint(stage3_export, dtype=torch.float32).eval()
     pairs = _pairs(settings.repeats, settings.pairs)
@@ -231,14 +249,13 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
     subjects = [s for s, _ in pairs]
     places = [p for _, p in pairs]
     scores, images, pair_scores, pair_images = {}, {}, {}, {}
-    for name, (cond, uncond) in _all_conditions(model2, model3, tokenizer, text_encoder, singles, settings).items():
-        images[name] = _generate(sampler, cond, uncond, settings, resolution)
+    for name, conditions in _all_conditions(model2, model3, text, singles, settings).items():
+        images[name] = _generate(sampler, conditions, settings, resolution)
         scores[name] = condition_scores(images[name], subjects, places)
         log.info("%s: %s", name, scores[name])
     if doubles:
-        for name, (cond, uncond) in _all_conditions(model2, model3, tokenizer, text_encoder, doubles,
-                                                    settings).items():
-            pair_images[name] = _generate(sampler, cond, uncond, settings, resolution)
+        for name, conditions in _all_conditions(model2, model3, text, doubles, settings).items():
+            pair_images[name] = _generate(sampler, conditions, settings, resolution)
             pair_scores[name] = two_entity_scores(pair_images[name], doubles)
             log.info("two entities, %s: %s", name, pair_scores[name])
     results = {
@@ -246,8 +263,7 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
         "two_entity": pair_scores,
         "chance_subject_fidelity": CHANCE_SUBJECT_FIDELITY,
         "chance_entity_exact": CHANCE_ENTITY_EXACT,
-        "stage2_alignment": {"stage2": alignment_error(model2, tokenizer, text_encoder),
-                             "stage3": alignment_error(model3, tokenizer, text_encoder)},
+        "stage2_alignment": {"stage2": alignment_error(model2, text), "stage3": alignment_error(model3, text)},
         "sampling": {"scheduler": "DPM-Solver++ (2M)", "steps": settings.steps, "guidance": settings.guidance,
                      "resolution": resolution, "seed": settings.seed, "images_per_condition": len(pairs),
                      "two_entity_images_per_condition": len(doubles), "reference": settings.reference},

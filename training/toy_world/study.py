@@ -2,9 +2,11 @@
 the table reports every score as mean +- standard error over the seeds.
 
     python -m training.toy_world.study --out runs/toy_study --jobs 3 --threads 1   # 3 seeds side by side, 50 min on 2 cores
+    python -m training.toy_world.study --out runs/toy_study_sdxl --sdxl --jobs 3 --threads 1   # KOSMOS-G for SDXL
 
-All seeds share one frozen base model (the shipped one, as every KOSMOS-G training shares SD1.5), so the spread is
-that of KOSMOS-G's own training: its data draw, initialisation and training randomness. Each seed's run folder is a
+All seeds share one frozen base model (the shipped one, as every KOSMOS-G training shares SD1.5; with --sdxl an
+SDXL-shaped one, trained once into `<out>/base` unless --base names one), so the spread is that of KOSMOS-G's own
+training: its data draw, initialisation and training randomness. Each seed's run folder is a
 complete `training.toy_world.run` output (`<out>/seed_<k>/`), resumable like it; the study writes `study.json` and
 `study.md` (the README's table) into `<out>`.
 """
@@ -19,8 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from training.evaluation.report import write_json
+from training.sd15 import SDXL
 
-from .base_model import SHIPPED_BASE
+from .base_model import SHIPPED_BASE, train_base_model
 from .evaluate import (
     ATTRIBUTE_COLUMNS,
     CHANCE_ENTITY_EXACT,
@@ -99,13 +102,23 @@ def _worker_init(threads: int) -> None:
 
 
 def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunConfig | None = None,
-          base: str | Path | None = SHIPPED_BASE, kosmos_tokenizer: str | Path | None = None, jobs: int = 1,
+          base: str | Path | None = None, kosmos_tokenizer: str | Path | None = None, jobs: int = 1,
           threads: int | None = None) -> dict:
     """Every seed's run, then the summary. With `jobs` > 1 the seeds run in that many processes at once, each with
     `threads` torch threads: on a few cores, several one-thread runs of these small models keep the cores busier than
-    one run on all of them (a seed's numbers depend on its thread count, not on what runs beside it)."""
+    one run on all of them (a seed's numbers depend on its thread count, not on what runs beside it).
+
+    `base` None: the shipped base for an SD1.5 `cfg`; for an SDXL one (`ToyRunConfig.in_sdxl`), a base of
+    `cfg.base` trained once (seed 0) into `<out>/base` and shared by the seeds."""
     out = Path(out)
     cfg = cfg or ToyRunConfig.full()
+    if base is None and cfg.base.kind == SDXL:
+        base = out / "base"
+        if not (base / "model_index.json").is_file():
+            log.info("training the shared SDXL-shaped base model into %s", base)
+            train_base_model(base, cfg.base, seed=0)
+    elif base is None:
+        base = SHIPPED_BASE
     per_seed = {}
     if jobs > 1:
         import multiprocessing
@@ -146,8 +159,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="training seeds (default 0 1 2)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
                         help="stage lengths of each run (default full; smoke for a quick check)")
-    parser.add_argument("--base", default=str(SHIPPED_BASE),
-                        help="frozen base model folder shared by every seed (default: the shipped one)")
+    parser.add_argument("--base", default=None,
+                        help="frozen base model folder shared by every seed (default: the shipped one; with --sdxl "
+                             "an SDXL-shaped one trained into <out>/base first)")
+    parser.add_argument("--sdxl", action="store_true",
+                        help="KOSMOS-G for SDXL: every seed's stages 2-3 against an SDXL-shaped toy base")
     add_thread_option(parser)
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at once, each in its own process with --threads threads (default 1: one "
@@ -155,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
-    summary = study(args.out, tuple(args.seeds), PRESETS[args.preset](), args.base, jobs=args.jobs,
+    cfg = PRESETS[args.preset]()
+    summary = study(args.out, tuple(args.seeds), cfg.in_sdxl() if args.sdxl else cfg, args.base, jobs=args.jobs,
                     threads=args.threads)
     sys.stdout.write(study_markdown(summary))
 
