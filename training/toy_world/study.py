@@ -20,6 +20,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from training.evaluation.report import write_json
 from training.sd15 import SDXL
 
@@ -32,7 +34,7 @@ from .evaluate import (
     TABLE_COLUMNS,
     TWO_ENTITY_COLUMNS,
 )
-from .run import PRESETS, ToyRunConfig, run
+from .run import DEFAULT_THREADS, PRESETS, ToyRunConfig, run
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,6 @@ def study_markdown(summary: dict) -> str:
 
 def _worker_init(threads: int) -> None:
     """A seed's process: its own log lines, tagged with the process, and `threads` torch threads."""
-    import torch
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
 
@@ -115,8 +115,11 @@ def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunCo
     if base is None and cfg.base.kind == SDXL:
         base = out / "base"
         if not (base / "model_index.json").is_file():
+            # at the toy world's fixed thread count (reproducible weights), whatever each seed's runs use
             log.info("training the shared SDXL-shaped base model into %s", base)
-            train_base_model(base, cfg.base, seed=0)
+            before = torch.get_num_threads()
+            train_base_model(base, cfg.base, seed=0, threads=DEFAULT_THREADS)
+            torch.set_num_threads(before)
     elif base is None:
         base = SHIPPED_BASE
     per_seed = {}
