@@ -13,11 +13,12 @@ condition), separately for the subjects KOSMOS-G was trained on and the 5 it nev
 and the model before stage 3, and how often "a <i> next to a <i> on the beach" gets each subject right on its side
 (100 two-subject prompts).
 
-How long: 15.4 minutes measured on a 2-core CPU that other jobs shared (the demo got 171 % of it; with the 8 x 8
-base model, stage 3 and the evaluation cost about 2-3 times what they did on the first one), over the 10 minutes we
-aim for. It always uses 2 threads (--threads N to change): the numbers are reproducible only at a fixed thread
-count, so a busy machine makes the demo slower, never different. Without the shipped base model (or with
---train-base) the demo trains one first (48 minutes measured with other jobs on the cores, about 15 idle). An interrupted demo continues where it stopped when run again.
+How long: 19.7 minutes measured on a 2-core CPU (AMD EPYC Zen 3, otherwise idle but for a minute of tests): stage 1
+5.5 min, stage 3 9.0 min, the evaluation 3.6 min. That is over the 10 minutes we aim for; the 8 x 8 base model makes
+stage 3 and the evaluation about 2-3 times what they cost on the first one. It always uses 2 threads (--threads N
+to change): the numbers are reproducible only at a fixed thread count, so a busy machine makes the demo slower, never
+different. Without the shipped base model (or with --train-base) the demo trains one first (48 minutes measured with
+other jobs on the cores, about 15 idle). An interrupted demo continues where it stopped when run again.
 """
 
 from __future__ import annotations

@@ -295,3 +295,26 @@ def test_study_table_reports_two_entity_prompts():
                            "images_per_condition": {"all": 300, "seen": 225, "held_out": 75, "two_entity": 200}})
     assert "Two entities" in text and "(200 prompts per seed" in text
     assert "| after_stage3_image | 0.200 ± 0.058 |" in text
+
+
+def test_study_summarizes_finished_seed_runs_and_names_a_missing_one(tmp_path):
+    """`study --summarize` makes the table from seed runs finished apart (each seed's eval/results.json), and refuses
+    a table with a seed missing, naming its file."""
+    import json
+
+    from training.toy_world.evaluate import ATTRIBUTE_COLUMNS, CONDITIONS, TABLE_COLUMNS, TWO_ENTITY_COLUMNS
+    from training.toy_world.study import study
+
+    for k in range(3):
+        row = {m: 0.1 * (k + 1) for m in TABLE_COLUMNS + ATTRIBUTE_COLUMNS} | {"seen_images": 150, "held_out_images": 50}
+        results = {"conditions": {c: row for c in CONDITIONS},
+                   "two_entity": {c: {m: 0.05 * (k + 1) for m in TWO_ENTITY_COLUMNS} for c in CONDITIONS},
+                   "sampling": {"two_entity_images_per_condition": 200}}
+        (tmp_path / f"seed_{k}" / "eval").mkdir(parents=True)
+        (tmp_path / f"seed_{k}" / "eval" / "results.json").write_text(json.dumps(results))
+    summary = study(tmp_path, (0, 1, 2), summarize_only=True)
+    assert summary["table"]["after_stage3_image"]["seen_subject_fidelity"]["values"] == [0.1, 0.2, 0.30000000000000004]
+    assert summary["two_entity"]["after_stage3_image"]["entity_exact"]["mean"] == pytest.approx(0.1)
+    assert "3 seeds (0, 1, 2)" in (tmp_path / "study.md").read_text()
+    with pytest.raises(FileNotFoundError, match=r"seed 3 has no finished run: .*seed_3/eval/results.json"):
+        study(tmp_path, (0, 3), summarize_only=True)

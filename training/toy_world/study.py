@@ -14,6 +14,7 @@ complete `training.toy_world.run` output (`<out>/seed_<k>/`), resumable like it;
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -101,17 +102,33 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def finished_results(out: str | Path, seeds: tuple[int, ...]) -> dict[int, dict]:
+    """{seed: results.json} of seed runs that have finished (`<out>/seed_<k>/eval/results.json`); a missing one is
+    an error that names it, so a table is never made from fewer seeds than asked."""
+    per_seed = {}
+    for seed in seeds:
+        path = Path(out) / f"seed_{seed}" / "eval" / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"seed {seed} has no finished run: {path} is missing (run the study, or "
+                                    f"`python -m training.toy_world.run --out {path.parents[1]} --seed {seed}`, first)")
+        per_seed[seed] = json.loads(path.read_text(encoding="utf-8"))
+    return per_seed
+
+
 def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunConfig | None = None,
           base: str | Path | None = None, kosmos_tokenizer: str | Path | None = None, jobs: int = 1,
-          threads: int | None = None) -> dict:
+          threads: int | None = None, summarize_only: bool = False) -> dict:
     """Every seed's run, then the summary. With `jobs` > 1 the seeds run in that many processes at once, each with
     `threads` torch threads: on a few cores, several one-thread runs of these small models keep the cores busier than
     one run on all of them (a seed's numbers depend on its thread count, not on what runs beside it).
 
     `base` None: the shipped base for an SD1.5 `cfg`; for an SDXL one (`ToyRunConfig.in_sdxl`), a base of
-    `cfg.base` trained once (seed 0) into `<out>/base` and shared by the seeds."""
+    `cfg.base` trained once (seed 0) into `<out>/base` and shared by the seeds. `summarize_only`: train and evaluate
+    nothing, make the table from the seeds' finished runs (seeds run apart, e.g. on other machines)."""
     out = Path(out)
     cfg = cfg or ToyRunConfig.full()
+    if summarize_only:
+        return _summarize(out, seeds, finished_results(out, seeds))
     if base is None and cfg.base.kind == SDXL:
         base = out / "base"
         if not (base / "model_index.json").is_file():
@@ -136,6 +153,11 @@ def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunCo
         for seed in seeds:
             log.info("seed %d of %s", seed, list(seeds))
             per_seed[seed] = run(out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
+    return _summarize(out, seeds, per_seed)
+
+
+def _summarize(out: Path, seeds: tuple[int, ...], per_seed: dict[int, dict]) -> dict:
+    """The study's table over the seeds' results, written to `<out>/study.json` and `study.md`."""
     first = per_seed[seeds[0]]["conditions"]["after_stage3_image"]
     summary = {
         "seeds": list(seeds),
@@ -167,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                              "an SDXL-shaped one trained into <out>/base first)")
     parser.add_argument("--sdxl", action="store_true",
                         help="KOSMOS-G for SDXL: every seed's stages 2-3 against an SDXL-shaped toy base")
+    parser.add_argument("--summarize", action="store_true",
+                        help="train nothing: make the table from the seeds' finished runs in --out")
     add_thread_option(parser)
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at once, each in its own process with --threads threads (default 1: one "
@@ -176,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     cfg = PRESETS[args.preset]()
     summary = study(args.out, tuple(args.seeds), cfg.in_sdxl() if args.sdxl else cfg, args.base, jobs=args.jobs,
-                    threads=args.threads)
+                    threads=args.threads, summarize_only=args.summarize)
     sys.stdout.write(study_markdown(summary))
 
 
