@@ -5,7 +5,7 @@
     python -m training.toy_world.run --out runs/toy_smoke --preset smoke
     python -m training.toy_world.run --out runs/toy_sdxl --sdxl    # KOSMOS-G for SDXL, on an SDXL-shaped toy base
 
-Writes under --out: `base/` (the SD1.5-layout toy base model), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
+Writes under --out: `base/` (the SD1.5-layout toy base model; SDXL's layout with --sdxl), `kosmos_tokenizer/`, `shards/`, `configs/stage*.toml`
 (the exact trainer configs), `stage1/ stage2/ stage3/` (trainer run folders with their exports), `eval/`
 (results.json, results.md, samples_grid.png, scores.png) and `timings.json` (seconds per step). Steps already done
 are skipped when their output exists, so an interrupted run continues (the trainer itself resumes from its last

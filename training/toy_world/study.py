@@ -1,7 +1,7 @@
 """The toy world over several seeds: each seed is a whole KOSMOS-G training (data, init, stages 1-3, evaluation), and
 the table reports every score as mean +- standard error over the seeds.
 
-    python -m training.toy_world.study --out runs/toy_study --jobs 3 --threads 1   # 3 seeds side by side, 50 min on 2 cores
+    python -m training.toy_world.study --out runs/toy_study --jobs 3 --threads 1   # 3 seeds side by side (times: docs/evaluation.md)
     python -m training.toy_world.study --out runs/toy_study_sdxl --sdxl --jobs 3 --threads 1   # KOSMOS-G for SDXL
 
 All seeds share one frozen base model (the shipped one, as every KOSMOS-G training shares SD1.5; with --sdxl an
