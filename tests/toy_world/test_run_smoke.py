@@ -57,11 +57,14 @@ def test_smoke_run_end_to_end(tmp_path):
 def test_sdxl_smoke_run_trains_kosmos_g_for_sdxl(tmp_path):
     """The same pipeline against an SDXL-shaped toy base: stages 2 and 3 export KOSMOS-G for SDXL (a context of
     the base's width and a pooled head), and every condition is sampled and scored through the SDXL U-Net."""
+    from dataclasses import replace
+
     import pytest
 
     from kosmos_g_core.checkpoint import load_checkpoint
 
-    cfg = ToyRunConfig.smoke().in_sdxl()
+    smoke = ToyRunConfig.smoke()
+    cfg = replace(smoke, eval=replace(smoke.eval, batch=4)).in_sdxl()  # several sampling batches per condition
     results = run(tmp_path, cfg)
     for stage in ("stage2", "stage3"):
         model = load_checkpoint(tmp_path / stage / "export.safetensors")

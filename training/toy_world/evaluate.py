@@ -132,7 +132,7 @@ def two_entity_cases(count: int, seed: int = 4321) -> list[PairScene]:
 
 class Conditions(NamedTuple):
     """A condition's prompts, ready for the sampler: cond and uncond (N, 77, C) each, and for an SDXL base the pooled
-    vectors (cond (N, P), uncond (N, P) or (1, P)); None for SD1.5."""
+    vectors (cond (N, P), uncond (N, P)); None for SD1.5."""
     cond: torch.Tensor
     uncond: torch.Tensor
     pooled: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -166,10 +166,11 @@ def _base_conditions(text: BaseText, scenes, described: bool) -> Conditions:
     captions = [scene.caption(describe=described) for scene in scenes]
     parts = [text.encode(captions[i : i + 50]) for i in range(0, len(captions), 50)]
     cond = torch.cat([context for context, _ in parts])
-    uncond, uncond_pooled = text.encode([""])
+    uncond, uncond_pooled = text.encode([""])  # (1, 77, C), (1, P): one per prompt, so that batches slice alike
     if uncond_pooled is None:
         return Conditions(cond, uncond.expand_as(cond))
-    return Conditions(cond, uncond.expand_as(cond), (torch.cat([pooled for _, pooled in parts]), uncond_pooled))
+    return Conditions(cond, uncond.expand_as(cond),
+                      (torch.cat([pooled for _, pooled in parts]), uncond_pooled.expand(cond.shape[0], -1)))
 
 
 def _all_conditions(model2, model3, text: BaseText, scenes, settings: EvalSettings) -> dict[str, Conditions]:
