@@ -35,6 +35,7 @@ from .base_model import BaseModelConfig, train_base_model
 from .evaluate import EvalSettings, evaluate_run
 from .scenes import PAIR_PROB
 from .shards import write_caption_shards, write_compositional_shards, write_kosmos_tokenizer, write_reference_shards
+from .vision_pretrain import VisionPretrainConfig, pretrain_vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,14 @@ class ToyRunConfig:
     batch_size: int = 16
     stage1_steps: int = 3000
     stage1_lr: float = 1e-3
-    # The toy ViT starts random (there is no CLIP here), so stage 1 trains all of it: next-token prediction of
-    # "a red round toy ..." after the image is what teaches it colour and shape. The first full run trained only the
-    # official parts (last block) and its image path carried nothing (conditioning spread across images ~1e-4).
-    stage1_trainable: tuple[str, ...] = ("gpt_model.", "img_connector.", "img_model.")
+    # The toy ViT is pretrained on a wider picture world first, as KOSMOS-G's CLIP was (vision_pretrain.py: every
+    # shape in colours drawn from the whole RGB cube, held-out subjects excluded in every shade), so stage 1 trains
+    # the official parts: the MLLM, the connector and the ViT's last block (`stage1_trainable` empty = the trainer's
+    # default). `vision_pretrain=None` starts the ViT random; stage 1 must then train all of it (the first full run
+    # trained only its last block and the image path carried nothing, conditioning spread across images ~1e-4), and
+    # it read shape as a conjunction with colour: the held-out subjects' shapes were lost (docs/evaluation.md).
+    vision_pretrain: VisionPretrainConfig | None = field(default_factory=VisionPretrainConfig)
+    stage1_trainable: tuple[str, ...] = ()
     # Two stage-1 variants for the held-out subjects, off by default: captions naming each subject by one attribute
     # word ("a red toy", "a round toy": no language prior over colour-shape pairs), and a share of reference
     # pictures showing a seen shape in an off-palette colour, captioned by shape (scenes.OFF_PALETTE_DISTANCE).
@@ -93,13 +98,18 @@ class ToyRunConfig:
     def smoke(cls) -> ToyRunConfig:
         """Every step of the pipeline for a few iterations (tests; about a minute)."""
         return cls(base=BaseModelConfig.test(), caption_scenes=64, compositional_scenes=64, batch_size=4,
-                   stage1_steps=2, stage2_steps=2, stage3_steps=2,
+                   vision_pretrain=VisionPretrainConfig.test(), stage1_steps=2, stage2_steps=2, stage3_steps=2,
                    eval=EvalSettings(steps=2, batch=100, pairs=10, two_entity=4, chart=False))
 
     def in_sdxl(self) -> ToyRunConfig:
         """This run against an SDXL-shaped toy base (`BaseModelConfig.toy_sdxl`: two text encoders, pooled vector,
         size conditioning), so that stages 2 and 3 train KOSMOS-G for SDXL; everything else unchanged."""
         return replace(self, base=replace(self.base, kind=SDXL, text_layers=max(2, self.base.text_layers)))
+
+    def with_random_vision(self) -> ToyRunConfig:
+        """This run with the ViT starting random, as the toy world's studies before vision pretraining: stage 1
+        trains the whole tower."""
+        return replace(self, vision_pretrain=None, stage1_trainable=("gpt_model.", "img_connector.", "img_model."))
 
     def with_grounding(self, weight: float, sizes: tuple[int, ...] | None = None) -> ToyRunConfig:
         """This run with stage 3's TokenCompose-style grounding loss at `weight` (semantic_supervision.py), on the
@@ -113,8 +123,10 @@ class ToyRunConfig:
 PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRunConfig.smoke}
 
 
-def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int) -> Path:
-    """Random tiny-preset KOSMOS-G whose vocabulary matches the toy tokenizer (the tiny preset's 64,007 rows would
+def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int,
+                     vision: VisionPretrainConfig | None = None) -> Path:
+    """Tiny-preset KOSMOS-G, random but for a vision tower pretrained by `vision` (vision_pretrain.py; its
+    measurements go to `vision_pretrain.json` beside `path`), whose vocabulary matches the toy tokenizer (the tiny preset's 64,007 rows would
     make the stage-1 softmax the most expensive part of the run for ~130 used ids), with 7 px ViT patches: 4 x 4
     patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split over four patch corners,
     and an AlignerNet as wide as the base U-Net's cross-attention context (read from its unet/config.json). For an
@@ -137,6 +149,9 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int)
                      vision=replace(tiny.vision, patch_size=7), aligner=aligner)
     torch.manual_seed(seed)
     model = KosmosG(config, dtype=torch.float32)
+    if vision is not None:
+        write_json({"config": asdict(vision), "measured": pretrain_vision_tower(model.vision, vision, seed)},
+                   path.parent / "vision_pretrain.json")
     save_checkpoint(path, model.state_dict(), tokenizer, config=config)
     return path
 
@@ -231,7 +246,7 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
             write_kosmos_tokenizer(tok_dir, cfg.seed)
     init = out / "init.safetensors"
     if not init.is_file():
-        _init_checkpoint(init, tok_dir, base_dir, cfg.seed)
+        timed("init", _init_checkpoint, init, tok_dir, base_dir, cfg.seed, cfg.vision_pretrain)
 
     captions = {"kind": "captions", "shards": str(shards / "captions"), "weight": 1}
     compositional = {"kind": "compositional", "shards": str(shards / "compositional"), "weight": 2}
@@ -272,6 +287,12 @@ def add_thread_option(parser: argparse.ArgumentParser) -> None:
                              "count; the choice is logged)")
 
 
+def add_vision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--random-vision", action="store_true",
+                        help="start the ViT random and train all of it in stage 1, as the studies before vision "
+                             "pretraining did (default: pretrain it on the wide picture world, vision_pretrain.py)")
+
+
 def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     log.info("using %d torch CPU thread%s", threads, "" if threads == 1 else "s")
@@ -287,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                              "(about a minute) (default full)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
     add_thread_option(parser)
+    add_vision_option(parser)
     parser.add_argument("--grounding-weight", type=float, default=0.0,
                         help="stage 3 with the attention grounding loss at this weight, on the 8 x 8 maps (default 0: "
                              "plain stage 3)")
@@ -302,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = replace(PRESETS[args.preset](), seed=args.seed)
     if args.sdxl:
         cfg = cfg.in_sdxl()
+    if args.random_vision:
+        cfg = cfg.with_random_vision()
     if args.grounding_weight:
         cfg = cfg.with_grounding(args.grounding_weight)
     results = run(args.out, cfg, args.kosmos_tokenizer, args.base)

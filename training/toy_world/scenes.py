@@ -152,6 +152,18 @@ def is_held_out(subject: Subject) -> bool:
     return (list(SHAPES).index(subject.shape) + list(COLOURS).index(subject.colour)) % len(SHAPES) == 0
 
 
+def nearest(value, table: dict[str, tuple[int, int, int]]) -> str:
+    """The name of the `table` colour (COLOURS or PLACES) nearest to RGB `value` (0..255; Euclidean)."""
+    rgb = np.asarray(value, np.float64)
+    return min(table, key=lambda name: float(np.linalg.norm(rgb - np.asarray(table[name], np.float64))))
+
+
+def shows_held_out(shape: str, colour) -> bool:
+    """Whether `shape` painted in RGB `colour` would be read as a held-out subject (its colour's nearest palette
+    colour makes a held-out combination): the wide picture world of vision_pretrain.py never draws one."""
+    return is_held_out(Subject(shape, nearest(colour, COLOURS)))
+
+
 def seen_subjects() -> list[Subject]:
     return [s for s in all_subjects() if not is_held_out(s)]
 

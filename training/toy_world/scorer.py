@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .scenes import COLOURS, PAIR_HALF, PLACES, SHAPES, SUBJECT_HALF, Subject, subject_mask
+from .scenes import COLOURS, PAIR_HALF, PLACES, SHAPES, SUBJECT_HALF, Subject, nearest, subject_mask
 
 SCORE_SIZE = 32
 FOREGROUND_DISTANCE = 60.0
@@ -37,12 +37,6 @@ class Reading:
     shape: str | None
     shape_iou: float
     subject_pixels: int
-
-
-def _nearest(value: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
-    names = list(table)
-    dists = [float(np.linalg.norm(value - np.asarray(table[n], np.float64))) for n in names]
-    return names[int(np.argmin(dists))]
 
 
 _SUBPIXEL = [(x / (2 * SCORE_SIZE), y / (2 * SCORE_SIZE)) for x in (-1, 0, 1) for y in (-1, 0, 1)]
@@ -65,7 +59,7 @@ def _pixels_and_place(image: Image.Image) -> tuple[np.ndarray, np.ndarray, str]:
     ring = np.ones((SCORE_SIZE, SCORE_SIZE), bool)
     ring[2:-2, 2:-2] = False
     background = np.median(px[ring], axis=0)
-    return px, np.linalg.norm(px - background, axis=-1) > FOREGROUND_DISTANCE, _nearest(background, PLACES)
+    return px, np.linalg.norm(px - background, axis=-1) > FOREGROUND_DISTANCE, nearest(background, PLACES)
 
 
 def _read_subject(px: np.ndarray, mask: np.ndarray, place: str, half: float) -> Reading:
@@ -73,7 +67,7 @@ def _read_subject(px: np.ndarray, mask: np.ndarray, place: str, half: float) -> 
     count = int(mask.sum())
     if count < MIN_SUBJECT_PIXELS:
         return Reading(place, None, None, 0.0, count)
-    colour = _nearest(np.median(px[mask], axis=0), COLOURS)
+    colour = nearest(np.median(px[mask], axis=0), COLOURS)
     ys, xs = np.nonzero(mask)
     cx, cy = (xs.mean() + 0.5) / SCORE_SIZE, (ys.mean() + 0.5) / SCORE_SIZE
     best, best_iou = None, -1.0
