@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from training.toy_world.run import ToyRunConfig, run
 
 
@@ -25,8 +27,17 @@ def test_smoke_run_end_to_end(tmp_path):
     assert saved["sampling"]["images_per_condition"] == 10
     assert (tmp_path / "eval" / "samples_grid.png").stat().st_size > 1000
     assert "after_stage3_image" in (tmp_path / "eval" / "results.md").read_text()
+    # The init carries the pretrained vision tower, and stage 1 trains only its last block and ln_post (KOSMOS-1's
+    # recipe, the trainer's default selection).
+    from safetensors.torch import load_file
+
+    init, stage1 = load_file(tmp_path / "init.safetensors"), load_file(tmp_path / "stage1" / "export.safetensors")
+    tower = [k for k in init if k.startswith("img_model.visual.")]
+    trained = {k for k in tower if not torch.equal(init[k], stage1[k])}
+    assert trained and all(".resblocks.1." in k or ".ln_post." in k for k in trained)
+    assert json.loads((tmp_path / "vision_pretrain.json").read_text())["config"]["steps"] == 3
     timings = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
-    assert {"base_model", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings)
+    assert {"base_model", "init", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings)
 
     # Run again on the same folder: every step is skipped but the evaluation, and the skipped steps keep their times.
     again = run(tmp_path, ToyRunConfig.smoke())
