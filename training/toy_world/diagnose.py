@@ -15,6 +15,9 @@
   conditioning across the 20 subjects' reference images ("a <i> on the grass"), averaged over its elements, next to
   the same across the 5 places ("a toy on the beach") and across the 20 described subjects ("a red round toy on the
   grass"). Near zero across images means the picture does not reach the U-Net.
+* conditioning routing (stages 2 and 3): whether an image prompt's conditioning is nearest to its own words'
+  ("a red round toy ..."), and for two subjects nearer to the words in their order than swapped
+  (`conditioning_routing`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -116,6 +120,41 @@ def conditioning_spread(model) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def conditioning_routing(model, pairs: int = 60) -> dict[str, float]:
+    """Does an image prompt's (77, C) conditioning stand where its words' would, and in their order? The frozen
+    U-Net only learned to draw from the text encoder's conditioning, which stage 2 taught AlignerNet to copy.
+
+    * one subject: the share of the subjects whose "a <i> on the grass" conditioning (the cut-out) is nearest, in
+      mean squared distance, to their own described caption's ("a red round toy on the grass") among the 20 (chance
+      0.05); over all 20 and the 5 held-out ones.
+    * two subjects (`pairs` of the evaluation's two-entity cases): the share whose "a <i> next to a <i> on the ..."
+      conditioning is nearer to "a red round toy next to a cyan square block on the ..." than to the same words with
+      the subjects swapped (chance 0.5): is the first image routed where the first-named subject's words go?"""
+    from kosmos_g_core.prompt import InterleavedPrompt
+
+    from .evaluate import image_prompt, two_entity_cases
+
+    def cond(prompts) -> torch.Tensor:
+        return model.encode(prompts).cond.float()  # (N, 77, C)
+
+    subjects = all_subjects()
+    pictures = dict(zip(subjects, _pictures("cutout"), strict=True))
+    images = cond([InterleavedPrompt.from_text(f"a <i> {PROBE_PLACE}", images=[pictures[s]]) for s in subjects])
+    words = cond([f"a {s.description()} toy {PROBE_PLACE}" for s in subjects])
+    nearest = torch.cdist(images.flatten(1), words.flatten(1)).argmin(1)  # (20,)
+    own = [int(j) == i for i, j in enumerate(nearest)]
+    held = [i for i, s in enumerate(subjects) if is_held_out(s)]
+    cases = two_entity_cases(pairs)
+    pair_images = cond([InterleavedPrompt.from_text(image_prompt(c), images=[pictures[s] for s in c.subjects])
+                        for c in cases])
+    in_order = cond([c.caption(describe=True) for c in cases])
+    swapped = cond([replace(c, left=c.right, right=c.left).caption(describe=True) for c in cases])
+    nearer = ((pair_images - in_order).pow(2).mean((1, 2)) < (pair_images - swapped).pow(2).mean((1, 2))).float()
+    return {"one_subject": sum(own) / len(own), "one_subject_held_out": sum(own[i] for i in held) / len(held),
+            "pair_order": float(nearer.mean())}
+
+
 def diagnose_run(run_dir: str | Path) -> dict:
     """Both diagnostics for every stage export found under `run_dir` (a `training.toy_world.run` folder)."""
     from kosmos_g_core.checkpoint import load_checkpoint
@@ -134,6 +173,7 @@ def diagnose_run(run_dir: str | Path) -> dict:
             row |= {f"choice_{kind}_{k}": v for k, v in attribute_choice_accuracy(model, kind).items()}
         if stage != "stage1":  # stage 1's AlignerNet is still the random one of the init
             row |= {f"spread_{k}": v for k, v in conditioning_spread(model).items()}
+            row |= {f"routing_{k}": v for k, v in conditioning_routing(model).items()}
         results[stage] = row
         log.info("%s: %s", stage, row)
     if not results:
