@@ -380,7 +380,8 @@ def _clip_tokenizer(cfg, sub: str = "tokenizer"):
     for candidate in (given, Path(cfg.sd15.path) / sub if cfg.sd15.path else ""):
         if candidate and (Path(candidate) / "vocab.json").is_file():
             return load_clip_tokenizer(candidate)
-    return load_clip_tokenizer(write_tiny_clip_tokenizer(Path(tempfile.mkdtemp(prefix="kosmos_g_plan_clip_"))))
+    with tempfile.TemporaryDirectory(prefix="kosmos_g_plan_clip_") as tmp:  # read when the tokenizer is built
+        return load_clip_tokenizer(write_tiny_clip_tokenizer(Path(tmp)))
 
 
 # -- one simulated step ----------------------------------------------------------------------------------------------

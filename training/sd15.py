@@ -146,8 +146,8 @@ class SD15Parts:
 
 def is_diffusers_folder(path: Path) -> bool:
     """A saved diffusers pipeline folder (model_index.json, or any of unet/, vae/, text_encoder/), not a single file."""
-    return path.is_dir() and (path / "model_index.json").is_file() or any(
-        (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder"))
+    return path.is_dir() and ((path / "model_index.json").is_file() or any(
+        (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder")))
 
 
 # A single-file SDXL checkpoint keeps its second text encoder (OpenCLIP bigG) under this prefix.
@@ -271,7 +271,9 @@ def load_clip_tokenizer(path: str | Path):
 
     path = Path(path)
     if path.is_file() and path.name.endswith(".gz"):
-        path = clip_vocab_from_bpe_gz(path, Path(tempfile.mkdtemp(prefix="clip_bpe_")))
+        # the tokenizer reads its files when it is built, so the converted folder can go right after
+        with tempfile.TemporaryDirectory(prefix="clip_bpe_") as tmp:
+            return load_clip_tokenizer(clip_vocab_from_bpe_gz(path, Path(tmp)))
     for name in ("vocab.json", "merges.txt"):
         if not (path / name).is_file():
             raise FileNotFoundError(

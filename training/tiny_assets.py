@@ -260,9 +260,6 @@ def main() -> None:
         log.info("wrote %s", write_tiny_assets(args.out_dir, args.kosmos_tokenizer, sdxl=args.sdxl))
 
 
-if __name__ == "__main__":
-    main()
-
 
 def write_tiny_init(path: str | Path, kosmos_tokenizer: str | Path, seed: int = 0, preset: str = "tiny",
                     aligner: bool = True) -> Path:
@@ -283,3 +280,7 @@ def write_tiny_init(path: str | Path, kosmos_tokenizer: str | Path, seed: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model.state_dict(), tokenizer, config=model.config)
     return path
+
+
+if __name__ == "__main__":
+    main()
