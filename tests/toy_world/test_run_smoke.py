@@ -63,6 +63,8 @@ def test_smoke_run_end_to_end(tmp_path):
     assert round(diagnosis["stage3"]["routing_one_subject"] * 20, 6) % 1 == 0.0
     assert round(diagnosis["stage3"]["routing_pair_order"] * 60, 6) % 1 == 0.0  # 60 two-entity cases
     assert "routing_pair_order" not in diagnosis["stage1"]
+    assert diagnosis["stage2"]["pair_caption_mse"] > 0 and 0.0 <= diagnosis["stage2"]["pair_caption_order"] <= 1.0
+    assert diagnosis["stage3"]["pair_caption_order_spread"] >= 0
     assert json.loads((tmp_path / "diagnose.json").read_text())["chance_choice"] == {"caption": 0.05, "colour": 0.2,
                                                                                 "shape": 0.25}
     assert format_table(diagnosis).count("\n") == 5

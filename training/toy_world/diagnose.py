@@ -18,6 +18,9 @@
 * conditioning routing (stages 2 and 3): whether an image prompt's conditioning is nearest to its own words'
   ("a red round toy ..."), and for two subjects nearer to the words in their order than swapped
   (`conditioning_routing`).
+* two-subject caption alignment (stages 2 and 3): how close M(MLLM("a red round toy next to a cyan square block
+  ...")) is to the base text encoder's output, and whether it keeps the subjects' order, which tells the frozen
+  U-Net which one goes left (`pair_caption_alignment`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from training.cli import setup_logging
 from training.evaluation.report import markdown_table, write_json
 
+from .evaluate import image_prompt, two_entity_cases
 from .scenes import ATTRIBUTES, PLACES, Scene, all_subjects, is_held_out, reference_image, render
 
 log = logging.getLogger(__name__)
@@ -133,7 +137,6 @@ def conditioning_routing(model, pairs: int = 60) -> dict[str, float]:
       the subjects swapped (chance 0.5): is the first image routed where the first-named subject's words go?"""
     from kosmos_g_core.prompt import InterleavedPrompt
 
-    from .evaluate import image_prompt, two_entity_cases
 
     def cond(prompts) -> torch.Tensor:
         return model.encode(prompts).cond.float()  # (N, 77, C)
@@ -155,11 +158,38 @@ def conditioning_routing(model, pairs: int = 60) -> dict[str, float]:
             "pair_order": float(nearer.mean())}
 
 
+@torch.no_grad()
+def pair_caption_alignment(model, base_text, pairs: int = 100) -> dict[str, float]:
+    """How well stage 2's alignment holds on two-subject captions ("a red round toy next to a cyan square block on
+    the ...", the evaluation's two-entity cases), against the frozen base's own text encoder (`base_text`):
+
+    * `mse`: mean squared distance of M(MLLM(caption)) from the text encoder's (77, C) output;
+    * `order`: the share of captions whose conditioning is nearer to the text encoder's output for them than for the
+      same words with the subjects swapped (chance 0.5);
+    * `order_spread`: how far apart the conditioning puts a caption and its swap, over how far apart the text encoder
+      puts them (1: the order difference the U-Net reads is kept whole; 0: lost)."""
+    cases = two_entity_cases(pairs)
+    in_order = [c.caption(describe=True) for c in cases]
+    swapped = [replace(c, left=c.right, right=c.left).caption(describe=True) for c in cases]
+    target, target_swapped = base_text.encode(in_order)[0].float(), base_text.encode(swapped)[0].float()
+    ours, ours_swapped = model.encode(in_order).cond.float(), model.encode(swapped).cond.float()
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).pow(2).mean((1, 2))  # (pairs,)
+
+    return {"mse": float(distance(ours, target).mean()),
+            "order": float((distance(ours, target) < distance(ours, target_swapped)).float().mean()),
+            "order_spread": float(distance(ours, ours_swapped).mean() / distance(target, target_swapped).mean())}
+
+
 def diagnose_run(run_dir: str | Path) -> dict:
     """Both diagnostics for every stage export found under `run_dir` (a `training.toy_world.run` folder)."""
     from kosmos_g_core.checkpoint import load_checkpoint
 
+    from .base_model import load_base_text
+
     run_dir = Path(run_dir)
+    base_text = load_base_text(run_dir / "base") if (run_dir / "base").is_dir() else None
     results: dict[str, dict] = {}
     for stage in STAGES:
         export = run_dir / stage / "export.safetensors"
@@ -174,6 +204,8 @@ def diagnose_run(run_dir: str | Path) -> dict:
         if stage != "stage1":  # stage 1's AlignerNet is still the random one of the init
             row |= {f"spread_{k}": v for k, v in conditioning_spread(model).items()}
             row |= {f"routing_{k}": v for k, v in conditioning_routing(model).items()}
+            if base_text is not None:
+                row |= {f"pair_caption_{k}": v for k, v in pair_caption_alignment(model, base_text).items()}
         results[stage] = row
         log.info("%s: %s", stage, row)
     if not results:
