@@ -65,13 +65,13 @@ class ToyRunConfig:
     stage1_single_attribute: bool = False
     stage1_off_palette: float = 0.0
     # 3,000 alignment steps. At 300 (the studies before) the alignment was still falling fast when it stopped
-    # (training MSE 0.30-0.47; the best constant's is 0.86) and two-subject captions were hardly fitted: M(MLLM("a red round toy
-    # next to a cyan square block ...")) was 0.79 from the text encoder's output, and the same words with the
-    # subjects swapped were only 0.41 from it where the text encoder puts them 1.57 apart, so the order that tells
-    # the frozen U-Net which subject goes left was mostly lost before stage 3 began. 3,000 steps (seed 0 of the
-    # 300-step study, from its stage-1 export): training MSE 0.022, two-subject captions 0.051, swapped 1.40 apart, the
-    # order right for 100 of 100 (`training.toy_world.diagnose`). Chosen on these training-side numbers, before any
-    # evaluation with it.
+    # (training MSE 0.30-0.47; the best constant's is 0.86), and two-subject captions were hardly fitted:
+    # M(MLLM("a red round toy next to a cyan square block ...")) was 0.79-1.04 from the text encoder's output, and
+    # kept only 6-26 % of the distance the text encoder puts between those words and the same words with the
+    # subjects swapped, the order that tells the frozen U-Net which subject goes left. 3,000 steps (seed 0 of the
+    # 300-step study, from its stage-1 export): training MSE 0.022, two-subject captions 0.051, 89 % of the order
+    # distance kept, the order right for 100 of 100 (`training.toy_world.diagnose`, pair_caption_*). Chosen on these
+    # training-side numbers, before any evaluation with it.
     stage2_steps: int = 3000
     stage2_lr: float = 1e-3
     # 2,400 steps on compositional shards with half two-subject scenes (the base and stages 1-2 keep the shared
@@ -137,10 +137,10 @@ PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRun
 def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int,
                      vision: VisionPretrainConfig | None = None) -> Path:
     """Tiny-preset KOSMOS-G, random but for a vision tower pretrained by `vision` (vision_pretrain.py; its
-    measurements go to `vision_pretrain.json` beside `path`), whose vocabulary matches the toy tokenizer (the tiny preset's 64,007 rows would
-    make the stage-1 softmax the most expensive part of the run for ~130 used ids), with 7 px ViT patches: 4 x 4
-    patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split over four patch corners,
-    and an AlignerNet as wide as the base U-Net's cross-attention context (read from its unet/config.json). For an
+    measurements go to `vision_pretrain.json` beside `path`), whose vocabulary matches the toy tokenizer (the tiny
+    preset's 64,007 rows would make the stage-1 softmax the most expensive part of the run for ~130 used ids),
+    with 7 px ViT patches: 4 x 4 patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split
+    over four patch corners, and an AlignerNet as wide as the base U-Net's cross-attention context (read from its unet/config.json). For an
     SDXL-shaped base the AlignerNet gets SDXL's output heads at the base's widths: the context projection and the
     pooled head the U-Net's `text_time` embedding reads."""
     from kosmos_g_core.checkpoint import save_checkpoint
