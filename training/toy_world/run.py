@@ -140,9 +140,9 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int,
     measurements go to `vision_pretrain.json` beside `path`), whose vocabulary matches the toy tokenizer (the tiny
     preset's 64,007 rows would make the stage-1 softmax the most expensive part of the run for ~130 used ids),
     with 7 px ViT patches: 4 x 4 patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split
-    over four patch corners, and an AlignerNet as wide as the base U-Net's cross-attention context (read from its unet/config.json). For an
-    SDXL-shaped base the AlignerNet gets SDXL's output heads at the base's widths: the context projection and the
-    pooled head the U-Net's `text_time` embedding reads."""
+    over four patch corners, and an AlignerNet as wide as the base U-Net's cross-attention context (read from its
+    unet/config.json). For an SDXL-shaped base the AlignerNet gets SDXL's output heads at the base's widths: the
+    context projection and the pooled head the U-Net's `text_time` embedding reads."""
     from kosmos_g_core.checkpoint import save_checkpoint
     from kosmos_g_core.config import KosmosGConfig
     from kosmos_g_core.model import KosmosG
