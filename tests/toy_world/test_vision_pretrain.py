@@ -42,7 +42,6 @@ def _tower(seed: int) -> VisionTransformer:
 
 
 def test_pretraining_teaches_the_tower_and_reads_the_palette_subjects():
-    torch.set_num_threads(2)
     before = pretrain_vision_tower(_tower(0), VisionPretrainConfig(steps=1, batch_size=32), seed=0)
     tower = _tower(0)
     start = {k: v.clone() for k, v in tower.state_dict().items()}

@@ -155,7 +155,7 @@ def conditioning_routing(model, pairs: int = 60) -> dict[str, float]:
     swapped = cond([replace(c, left=c.right, right=c.left).caption(describe=True) for c in cases])
     nearer = ((pair_images - in_order).pow(2).mean((1, 2)) < (pair_images - swapped).pow(2).mean((1, 2))).float()
     return {"one_subject": sum(own) / len(own), "one_subject_held_out": sum(own[i] for i in held) / len(held),
-            "pair_order": float(nearer.mean())}
+            "pair_order": int(nearer.sum()) / len(cases)}
 
 
 @torch.no_grad()
@@ -178,7 +178,7 @@ def pair_caption_alignment(model, base_text, pairs: int = 100) -> dict[str, floa
         return (a - b).pow(2).mean((1, 2))  # (pairs,)
 
     return {"mse": float(distance(ours, target).mean()),
-            "order": float((distance(ours, target) < distance(ours, target_swapped)).float().mean()),
+            "order": int((distance(ours, target) < distance(ours, target_swapped)).sum()) / len(cases),
             "order_spread": float(distance(ours, ours_swapped).mean() / distance(target, target_swapped).mean())}
 
 
