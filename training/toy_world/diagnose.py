@@ -137,7 +137,6 @@ def conditioning_routing(model, pairs: int = 60) -> dict[str, float]:
       the subjects swapped (chance 0.5): is the first image routed where the first-named subject's words go?"""
     from kosmos_g_core.prompt import InterleavedPrompt
 
-
     def cond(prompts) -> torch.Tensor:
         return model.encode(prompts).cond.float()  # (N, 77, C)
 
@@ -177,13 +176,14 @@ def pair_caption_alignment(model, base_text, pairs: int = 100) -> dict[str, floa
     def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a - b).pow(2).mean((1, 2))  # (pairs,)
 
-    return {"mse": float(distance(ours, target).mean()),
-            "order": int((distance(ours, target) < distance(ours, target_swapped)).sum()) / len(cases),
+    off = distance(ours, target)
+    return {"mse": float(off.mean()),
+            "order": int((off < distance(ours, target_swapped)).sum()) / len(cases),
             "order_spread": float(distance(ours, ours_swapped).mean() / distance(target, target_swapped).mean())}
 
 
 def diagnose_run(run_dir: str | Path) -> dict:
-    """Both diagnostics for every stage export found under `run_dir` (a `training.toy_world.run` folder)."""
+    """The diagnostics for every stage export found under `run_dir` (a `training.toy_world.run` folder)."""
     from kosmos_g_core.checkpoint import load_checkpoint
 
     from .base_model import load_base_text
