@@ -1,6 +1,7 @@
 """The whole toy-world pipeline at smoke size: base model, the real stage 1-3 trainer, export, load, evaluation."""
 
 import json
+import shutil
 
 import torch
 
@@ -39,12 +40,28 @@ def test_smoke_run_end_to_end(tmp_path):
     timings = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
     assert {"base_model", "init", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings)
 
-    # Run again on the same folder: every step is skipped but the evaluation, and the skipped steps keep their times.
+    # Run again on the same folder: every step is skipped, the evaluation reads back its conditions (each evaluated
+    # once, its file untouched), and the skipped steps keep their times.
+    conditions = tmp_path / "eval" / "conditions"
+    saved_at = {p.name: p.stat().st_mtime_ns for p in conditions.iterdir()}
+    assert sorted(saved_at) == sorted(f"{name}.pt" for name in results["conditions"])
     again = run(tmp_path, ToyRunConfig.smoke())
     assert again["conditions"] == results["conditions"]
+    assert {p.name: p.stat().st_mtime_ns for p in conditions.iterdir()} == saved_at
     resumed = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
     assert all(resumed[k] == timings[k] for k in ("data", "base_model", "stage1", "stage2", "stage3"))
     assert resumed["total"] >= sum(timings[k] for k in ("base_model", "stage1", "stage2", "stage3"))
+
+    # Evaluated beside the training in a second process, the base model's conditions in a shared folder (the demo,
+    # the study): the numbers evaluated in order.
+    shutil.rmtree(conditions)
+    shared = tmp_path / "shared"
+    beside = run(tmp_path, ToyRunConfig.smoke(), base_conditions=shared, beside=True)
+    for section in ("conditions", "two_entity"):  # as JSON: a NaN share (no held-out pair) equals itself there
+        assert json.dumps(beside[section], sort_keys=True) == json.dumps(results[section], sort_keys=True)
+    assert sorted(p.name for p in shared.iterdir()) == ["base_text.pt", "base_text_described.pt"]
+    assert len(list(conditions.iterdir())) == 3
+    assert json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]["evaluation_beside"] > 0
 
     # The diagnostics read the same run folder: every stage export, attribute choice a share of the 20 subjects (and
     # of the 5 held-out ones).

@@ -318,3 +318,30 @@ def test_study_summarizes_finished_seed_runs_and_names_a_missing_one(tmp_path):
     assert "3 seeds (0, 1, 2)" in (tmp_path / "study.md").read_text()
     with pytest.raises(FileNotFoundError, match=r"seed 3 has no finished run: .*seed_3/eval/results.json"):
         study(tmp_path, (0, 3), summarize_only=True)
+
+
+def test_a_condition_fingerprint_covers_what_its_images_depend_on(tmp_path):
+    """Copies of one base model share the base conditions; another export, other settings or another file of the
+    base make a new fingerprint, so a stale condition is never read back."""
+    import shutil
+
+    from training.toy_world.evaluate import EvalSettings, condition_fingerprint
+
+    base = tmp_path / "base"
+    (base / "unet").mkdir(parents=True)
+    (base / "unet" / "weights.bin").write_bytes(b"\x00" * 100)
+    (base / "model_index.json").write_text("{}")
+    export = tmp_path / "export.safetensors"
+    export.write_bytes(b"\x01" * 10)
+    settings = EvalSettings()
+    first = condition_fingerprint("base_text", base, None, settings, 32)
+    shutil.copytree(base, tmp_path / "copy")
+    assert condition_fingerprint("base_text", tmp_path / "copy", None, settings, 32) == first
+    assert condition_fingerprint("base_text_described", base, None, settings, 32) != first
+    assert condition_fingerprint("base_text", base, None, EvalSettings(steps=24), 32) != first
+    assert condition_fingerprint("base_text", base, None, settings, 64) != first
+    kosmos = condition_fingerprint("after_stage3_image", base, export, settings, 32)
+    export.write_bytes(b"\x02" * 10)
+    assert condition_fingerprint("after_stage3_image", base, export, settings, 32) != kosmos
+    (base / "unet" / "weights.bin").write_bytes(b"\x00" * 99 + b"\x01")
+    assert condition_fingerprint("base_text", base, None, settings, 32) != first

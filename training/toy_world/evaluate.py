@@ -25,13 +25,19 @@ right (colour and shape) on the side its image was given: chance 1/20 = 0.05 per
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 
 from training.evaluation.report import bar_chart, image_grid, markdown_table, write_json
 from training.evaluation.sampler import DiffusionSampler, to_pil
@@ -57,6 +63,11 @@ log = logging.getLogger(__name__)
 CHANCE_SUBJECT_FIDELITY = (1 / len(COLOURS) + 1 / len(SHAPES)) / 2
 CHANCE_ENTITY_EXACT = 1 / (len(COLOURS) * len(SHAPES))  # one subject right in both colour and shape
 CONDITIONS = ("after_stage3_image", "after_stage3_text", "before_stage3_image", "base_text", "base_text_described")
+# The model each condition reads. The base model's own conditions are the same for every run on that base (its
+# prompts, references and noise are fixed), so runs sharing a base can share them (evaluate_run's base_conditions).
+CONDITION_MODEL = {"after_stage3_image": "stage3", "after_stage3_text": "stage3", "before_stage3_image": "stage2",
+                   "base_text": "base", "base_text_described": "base"}
+BASE_CONDITIONS = tuple(name for name in CONDITIONS if CONDITION_MODEL[name] == "base")
 
 
 @dataclass(frozen=True)
@@ -173,15 +184,39 @@ def _base_conditions(text: BaseText, scenes, described: bool) -> Conditions:
                       (torch.cat([pooled for _, pooled in parts]), uncond_pooled.expand(cond.shape[0], -1)))
 
 
-def _all_conditions(model2, model3, text: BaseText, scenes, settings: EvalSettings) -> dict[str, Conditions]:
-    """{condition: Conditions} of the same scenes under every condition of CONDITIONS."""
-    return {
-        "after_stage3_image": _kosmos_conditions(model3, scenes, True, settings),
-        "after_stage3_text": _kosmos_conditions(model3, scenes, False, settings),
-        "before_stage3_image": _kosmos_conditions(model2, scenes, True, settings),
-        "base_text": _base_conditions(text, scenes, described=False),
-        "base_text_described": _base_conditions(text, scenes, described=True),
-    }
+def _condition_prompts(name: str, models: _Models, scenes, settings: EvalSettings) -> Conditions:
+    """The sampler's conditioning of `scenes` under condition `name` (the module docstring's list)."""
+    kind = CONDITION_MODEL[name]
+    if kind == "base":
+        return _base_conditions(models.text, scenes, described=name == "base_text_described")
+    return _kosmos_conditions(models.kosmos(kind), scenes, name.endswith("_image"), settings)
+
+
+class _Models:
+    """What the conditions read, each loaded once on first use: the base model's sampler and text side, and the
+    KOSMOS-G exports by stage ("stage2", "stage3")."""
+
+    def __init__(self, base_dir: Path, exports: dict[str, Path]):
+        self.base_dir, self.exports = Path(base_dir), exports
+        self._loaded: dict[str, object] = {}
+
+    def _get(self, key: str, load):
+        if key not in self._loaded:
+            self._loaded[key] = load()
+        return self._loaded[key]
+
+    @property
+    def sampler(self) -> DiffusionSampler:
+        return self._get("sampler", lambda: DiffusionSampler.from_folder(self.base_dir, "dpmsolver++"))
+
+    @property
+    def text(self) -> BaseText:
+        return self._get("text", lambda: load_base_text(self.base_dir))
+
+    def kosmos(self, stage: str):
+        from kosmos_g_core.checkpoint import load_checkpoint
+
+        return self._get(stage, lambda: load_checkpoint(self.exports[stage], dtype=torch.float32).eval())
 
 
 def _generate(sampler: DiffusionSampler, conditions: Conditions, settings: EvalSettings, resolution: int):
@@ -235,30 +270,112 @@ def alignment_error(model, text: BaseText, count: int = 64, seed: int = 99) -> d
     return {"mse": mse, "constant_baseline_mse": baseline, "explained": 1.0 - mse / baseline, "captions": count}
 
 
-def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_dir: Path,
-                 settings: EvalSettings = EvalSettings(), resolution: int = 32) -> dict:
-    from kosmos_g_core.checkpoint import load_checkpoint
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sampler = DiffusionSampler.from_folder(base_dir, "dpmsolver++")
-    text = load_base_text(base_dir)
-    model2 = load_checkpoint(stage2_export, dtype=torch.float32).eval()
-    model3 = load_checkpoint(stage3_export, dtype=torch.float32).eval()
+def _cases(settings: EvalSettings) -> tuple[list[tuple[Subject, str]], list[Scene], list[PairScene]]:
+    """The (subject, place) pairs, their one-subject scenes and the two-subject scenes every condition is scored on."""
     pairs = _pairs(settings.repeats, settings.pairs)
-    singles = [Scene(s, p, 0.5, 0.5) for s, p in pairs]
-    doubles = two_entity_cases(settings.two_entity)
-    subjects = [s for s, _ in pairs]
-    places = [p for _, p in pairs]
+    return pairs, [Scene(s, p, 0.5, 0.5) for s, p in pairs], two_entity_cases(settings.two_entity)
+
+
+def condition_fingerprint(name: str, base_dir: Path, export: Path | None, settings: EvalSettings,
+                          resolution: int) -> str:
+    """sha256 of everything a condition's images depend on: its name, the settings, the resolution, the torch thread
+    count (the images are bit-reproducible at a fixed one), every file of the base model folder and the KOSMOS-G
+    export it reads (None for the base conditions). Runs on copies of the same base share their base conditions."""
+    head = {"condition": name, "settings": asdict(settings), "resolution": resolution,
+            "threads": torch.get_num_threads()}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    base_dir = Path(base_dir)
+    files = [(p.relative_to(base_dir).as_posix(), p) for p in sorted(base_dir.rglob("*")) if p.is_file()]
+    if export is not None:
+        files.append(("export", Path(export)))
+    for label, path in files:
+        digest.update(f"{label}\0".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _as_array(images: list) -> torch.Tensor:
+    """PIL images -> (N, H, W, 3) uint8, the bytes the scorer read."""
+    return torch.stack([torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()) for image in images]) \
+        if images else torch.zeros(0, dtype=torch.uint8)
+
+
+def _as_images(array: torch.Tensor) -> list:
+    return [Image.fromarray(a.numpy()) for a in array]
+
+
+def _load_condition(path: Path, fingerprint: str) -> dict | None:
+    """A condition's saved images and scores, or None when there are none for this fingerprint."""
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved if saved.get("fingerprint") == fingerprint else None
+
+
+def evaluate_conditions(names: list[str] | tuple[str, ...], base_dir: Path, exports: dict[str, Path], folder: Path,
+                        settings: EvalSettings = EvalSettings(), resolution: int = 32) -> dict[str, float]:
+    """Generate and score each condition of `names` into `folder/<name>.pt` (its images as uint8, its scores, its
+    fingerprint), skipping those already there with the same fingerprint (`condition_fingerprint`); `exports` maps
+    "stage2" / "stage3" to the KOSMOS-G exports the conditions read. Any process can run it: `evaluate_run`, a run's
+    evaluation beside its training, a study's shared base conditions. Returns the seconds each computed one took."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = _Models(base_dir, exports)
+    pairs, singles, doubles = _cases(settings)
+    subjects, places = [s for s, _ in pairs], [p for _, p in pairs]
+    seconds = {}
+    for name in names:
+        kind = CONDITION_MODEL[name]
+        path = folder / f"{name}.pt"
+        fingerprint = condition_fingerprint(name, base_dir, None if kind == "base" else exports[kind], settings,
+                                            resolution)
+        if _load_condition(path, fingerprint) is not None:
+            log.info("%s: already evaluated in %s", name, path)
+            continue
+        start = time.time()
+        images = _generate(models.sampler, _condition_prompts(name, models, singles, settings), settings, resolution)
+        scores = condition_scores(images, subjects, places)
+        log.info("%s: %s", name, scores)
+        pair_images, pair_scores = [], {}
+        if doubles:
+            pair_images = _generate(models.sampler, _condition_prompts(name, models, doubles, settings), settings,
+                                    resolution)
+            pair_scores = two_entity_scores(pair_images, doubles)
+            log.info("two entities, %s: %s", name, pair_scores)
+        partial = path.with_suffix(".pt.partial")  # renamed when complete: a killed run never leaves half a file
+        torch.save({"fingerprint": fingerprint, "images": _as_array(images), "scores": scores,
+                    "pair_images": _as_array(pair_images), "pair_scores": pair_scores}, partial)
+        os.replace(partial, path)
+        seconds[name] = round(time.time() - start, 1)
+    return seconds
+
+
+def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_dir: Path,
+                 settings: EvalSettings = EvalSettings(), resolution: int = 32,
+                 base_conditions: Path | None = None) -> dict:
+    """Every condition (those already evaluated, e.g. beside the training, are read back), then results.json,
+    results.md and the figures in `out_dir`. The conditions live in `out_dir/conditions/`, the base model's own in
+    `base_conditions` when given: a folder shared by runs on the same base, as a study's seeds are."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exports = {"stage2": Path(stage2_export), "stage3": Path(stage3_export)}
+    folders = {name: base_conditions if base_conditions is not None and CONDITION_MODEL[name] == "base"
+               else out_dir / "conditions" for name in CONDITIONS}
+    for folder in dict.fromkeys(folders.values()):
+        evaluate_conditions([n for n in CONDITIONS if folders[n] == folder], base_dir, exports, folder, settings,
+                            resolution)
+    pairs, _, doubles = _cases(settings)
     scores, images, pair_scores, pair_images = {}, {}, {}, {}
-    for name, conditions in _all_conditions(model2, model3, text, singles, settings).items():
-        images[name] = _generate(sampler, conditions, settings, resolution)
-        scores[name] = condition_scores(images[name], subjects, places)
-        log.info("%s: %s", name, scores[name])
-    if doubles:
-        for name, conditions in _all_conditions(model2, model3, text, doubles, settings).items():
-            pair_images[name] = _generate(sampler, conditions, settings, resolution)
-            pair_scores[name] = two_entity_scores(pair_images[name], doubles)
-            log.info("two entities, %s: %s", name, pair_scores[name])
+    for name in CONDITIONS:
+        kind = CONDITION_MODEL[name]
+        fingerprint = condition_fingerprint(name, base_dir, None if kind == "base" else exports[kind], settings,
+                                            resolution)
+        saved = _load_condition(folders[name] / f"{name}.pt", fingerprint)
+        scores[name], images[name] = saved["scores"], _as_images(saved["images"])
+        if doubles:
+            pair_scores[name], pair_images[name] = saved["pair_scores"], _as_images(saved["pair_images"])
+    models = _Models(base_dir, exports)
+    text, model2, model3 = models.text, models.kosmos("stage2"), models.kosmos("stage3")
     results = {
         "conditions": scores,
         "two_entity": pair_scores,

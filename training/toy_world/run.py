@@ -32,10 +32,10 @@ from training.stages.semantic_supervision import SemanticConfig
 
 from . import toml_writer
 from .base_model import BaseModelConfig, train_base_model
-from .evaluate import EvalSettings, evaluate_run
+from .evaluate import BASE_CONDITIONS, EvalSettings, evaluate_conditions, evaluate_run
 from .scenes import PAIR_PROB
 from .shards import write_caption_shards, write_compositional_shards, write_kosmos_tokenizer, write_reference_shards
-from .vision_pretrain import VisionPretrainConfig, pretrain_vision_tower
+from .vision_pretrain import VisionPretrainConfig, load_pretrained_tower, pretrain_vision_tower, toy_vision_config
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,15 @@ PRESETS = {"full": ToyRunConfig.full, "demo": ToyRunConfig.demo, "smoke": ToyRun
 
 
 def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int,
-                     vision: VisionPretrainConfig | None = None) -> Path:
-    """Tiny-preset KOSMOS-G, random but for a vision tower pretrained by `vision` (vision_pretrain.py; its
-    measurements go to `vision_pretrain.json` beside `path`), whose vocabulary matches the toy tokenizer (the tiny
-    preset's 64,007 rows would make the stage-1 softmax the most expensive part of the run for ~130 used ids),
-    with 7 px ViT patches: 4 x 4 patches of the 28 px input instead of 2 x 2, so that a subject's shape is not split
-    over four patch corners, and an AlignerNet as wide as the base U-Net's cross-attention context (read from its
-    unet/config.json). For an SDXL-shaped base the AlignerNet gets SDXL's output heads at the base's widths: the
-    context projection and the pooled head the U-Net's `text_time` embedding reads."""
+                     vision: VisionPretrainConfig | None = None, vision_tower: Path | None = None) -> Path:
+    """Tiny-preset KOSMOS-G, random but for a pretrained vision tower, whose vocabulary matches the toy tokenizer
+    (the tiny preset's 64,007 rows would make the stage-1 softmax the most expensive part of the run for ~130 used
+    ids), with the toy tower's 7 px patches (`vision_pretrain.toy_vision_config`), and an AlignerNet as wide as the
+    base U-Net's cross-attention context (read from its unet/config.json). The tower is loaded from `vision_tower`
+    (a folder written by `python -m training.toy_world.vision_pretrain`) when given, else pretrained by `vision`
+    (vision_pretrain.py); its record goes to `vision_pretrain.json` beside `path`. For an SDXL-shaped base the
+    AlignerNet gets SDXL's output heads at the base's widths: the context projection and the pooled head the
+    U-Net's `text_time` embedding reads."""
     from kosmos_g_core.checkpoint import save_checkpoint
     from kosmos_g_core.config import KosmosGConfig
     from kosmos_g_core.model import KosmosG
@@ -156,11 +157,14 @@ def _init_checkpoint(path: Path, tokenizer_dir: Path, base_dir: Path, seed: int,
     aligner = replace(tiny.aligner, dim=width, heads=max(1, width // 64))
     if pooled is not None:
         aligner = replace(aligner, context_dim=width, pooled_dim=pooled)
-    config = replace(tiny, mllm=replace(tiny.mllm, vocab_size=tokenizer.vocab_size),
-                     vision=replace(tiny.vision, patch_size=7), aligner=aligner)
+    config = replace(tiny, mllm=replace(tiny.mllm, vocab_size=tokenizer.vocab_size), vision=toy_vision_config(),
+                     aligner=aligner)
     torch.manual_seed(seed)
     model = KosmosG(config, dtype=torch.float32)
-    if vision is not None:
+    if vision_tower is not None:
+        record = {"loaded_from": str(vision_tower), **load_pretrained_tower(model.vision, vision_tower)}
+        write_json(record, path.parent / "vision_pretrain.json")
+    elif vision is not None:
         write_json({"config": asdict(vision), "measured": pretrain_vision_tower(model.vision, vision, seed)},
                    path.parent / "vision_pretrain.json")
     save_checkpoint(path, model.state_dict(), tokenizer, config=config)
@@ -211,10 +215,63 @@ def invoked_command() -> str:
     return " ".join(["python", "-m", module, *sys.argv[1:]])
 
 
+def worker_init(threads: int) -> None:
+    """A helper process of the toy world (a study's seed, an evaluation beside the training): its own log lines,
+    tagged with the process, and `threads` torch threads."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+
+
+class EvaluationBeside:
+    """A second process that evaluates conditions while the training goes on (`evaluate.evaluate_conditions`): the
+    base model's as soon as the base is there, the stage-2 model's during stage 3, and after stage 3 the text-only
+    condition while the run generates the image one. One training process at one thread leaves a second core idle;
+    this puts the evaluation there. The numbers are the ones evaluated in order: the process uses the run's thread
+    count, and each condition's noise is seeded on its own."""
+
+    def __init__(self, threads: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
+                                        initargs=(threads,))
+        self.futures = []
+
+    def submit(self, names, *args) -> None:
+        log.info("evaluating %s beside the training", ", ".join(names))
+        self.futures.append(self.pool.submit(evaluate_conditions, names, *args))
+
+    def wait(self) -> float:
+        """Seconds the second process spent evaluating, once everything submitted is done (its errors raise here)."""
+        return round(sum(sum(future.result().values()) for future in self.futures), 1)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
 def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: str | Path | None = None,
-        base: str | Path | None = None) -> dict:
-    """The whole pipeline; returns the evaluation results (also in <out>/eval/results.json)."""
-    out = Path(out)
+        base: str | Path | None = None, base_conditions: str | Path | None = None, beside: bool = False,
+        vision_tower: str | Path | None = None) -> dict:
+    """The whole pipeline; returns the evaluation results (also in <out>/eval/results.json).
+
+    `base`: a trained base model folder to copy instead of training one. `vision_tower`: a pretrained tower's folder
+    (`python -m training.toy_world.vision_pretrain`) to start from instead of pretraining one; not with a random-ViT
+    `cfg` (`vision_pretrain` None), whose stage 1 trains the whole tower. `base_conditions`: the folder of the base
+    model's own evaluation conditions, shared by runs on the same base (a study's seeds; default
+    `<out>/eval/conditions`). `beside`: evaluate in a second process while training (`EvaluationBeside`)."""
+    if vision_tower is not None and cfg.vision_pretrain is None:
+        raise ValueError("a pretrained vision tower was given but this run starts the ViT random (--random-vision): "
+                         "choose one")
+    side = EvaluationBeside(torch.get_num_threads()) if beside else None
+    try:
+        return _run(Path(out), cfg, kosmos_tokenizer, base, base_conditions, side, vision_tower)
+    finally:
+        if side is not None:
+            side.close()
+
+
+def _run(out: Path, cfg: ToyRunConfig, kosmos_tokenizer, base, base_conditions, side: EvaluationBeside | None,
+         vision_tower) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.time()
@@ -247,6 +304,10 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
             shutil.copytree(base, base_dir)
     elif not (base_dir / "model_index.json").is_file():
         timed("base_model", train_base_model, base_dir, cfg.base, cfg.seed)
+    eval_dir, resolution = out / "eval", cfg.base.image_size
+    base_conditions = Path(base_conditions) if base_conditions is not None else eval_dir / "conditions"
+    if side is not None:  # the base model's own conditions need nothing else: they run during the training
+        side.submit(BASE_CONDITIONS, base_dir, {}, base_conditions, cfg.eval, resolution)
     tok_dir = out / "kosmos_tokenizer"
     if not (tok_dir / "dict.txt").is_file():
         if kosmos_tokenizer:
@@ -257,7 +318,8 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
             write_kosmos_tokenizer(tok_dir, cfg.seed)
     init = out / "init.safetensors"
     if not init.is_file():
-        timed("init", _init_checkpoint, init, tok_dir, base_dir, cfg.seed, cfg.vision_pretrain)
+        timed("init", _init_checkpoint, init, tok_dir, base_dir, cfg.seed, cfg.vision_pretrain,
+              None if vision_tower is None else Path(vision_tower))
 
     captions = {"kind": "captions", "shards": str(shards / "captions"), "weight": 1}
     compositional = {"kind": "compositional", "shards": str(shards / "compositional"), "weight": 2}
@@ -273,8 +335,21 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
 
     s1 = train("stage1", init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr)
     s2 = train("stage2", s1, [captions], cfg.stage2_steps, cfg.stage2_lr)
+    exports = {"stage2": s2}
+    if side is not None:
+        side.submit(["before_stage3_image"], base_dir, exports, eval_dir / "conditions", cfg.eval, resolution)
     s3 = train("stage3", s2, [compositional, captions], cfg.stage3_steps, cfg.stage3_lr)
-    results = timed("evaluation", evaluate_run, base_dir, s2, s3, out / "eval", cfg.eval, cfg.base.image_size)
+    exports = {"stage2": s2, "stage3": s3}
+
+    def evaluation() -> dict:
+        if side is not None:
+            side.submit(["after_stage3_text"], base_dir, exports, eval_dir / "conditions", cfg.eval, resolution)
+            evaluate_conditions(["after_stage3_image"], base_dir, exports, eval_dir / "conditions", cfg.eval,
+                                resolution)
+            timings["evaluation_beside"] = side.wait()
+        return evaluate_run(base_dir, s2, s3, eval_dir, cfg.eval, resolution, base_conditions)
+
+    results = timed("evaluation", evaluation)
     # A resumed run keeps the times of the steps it skipped, so that the total stays that of the whole pipeline.
     timings_path = out / "timings.json"
     earlier = json.loads(timings_path.read_text(encoding="utf-8"))["timings_seconds"] if timings_path.is_file() else {}
@@ -326,6 +401,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kosmos-tokenizer", default=None,
                         help="folder with the real sentencepiece.bpe.model + dict.txt (default: train a toy one)")
     parser.add_argument("--base", default=None, help="reuse a trained toy base model folder instead of training one")
+    parser.add_argument("--vision-tower", default=None,
+                        help="start from a pretrained vision tower folder (e.g. the shipped "
+                             "training/toy_world/assets/vision_tower) instead of pretraining one")
+    parser.add_argument("--beside", action="store_true",
+                        help="evaluate in a second process while training (the demo's way: worth it when the run "
+                             "leaves a core idle, as a one-thread run on two cores does)")
     parser.add_argument("--sdxl", action="store_true",
                         help="KOSMOS-G for SDXL: train an SDXL-shaped toy base (or reuse --base, which must be one) "
                              "and stages 2-3 against it")
@@ -339,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.with_random_vision()
     if args.grounding_weight:
         cfg = cfg.with_grounding(args.grounding_weight)
-    results = run(args.out, cfg, args.kosmos_tokenizer, args.base)
+    results = run(args.out, cfg, args.kosmos_tokenizer, args.base, beside=args.beside, vision_tower=args.vision_tower)
     sys.stdout.write((Path(args.out) / "eval" / "results.md").read_text(encoding="utf-8"))
     del results
 

@@ -6,9 +6,10 @@ the table reports every score as mean +- standard error over the seeds.
 
 All seeds share one frozen base model (the shipped one, as every KOSMOS-G training shares SD1.5; with --sdxl an
 SDXL-shaped one, trained once into `<out>/base` unless --base names one), so the spread is that of KOSMOS-G's own
-training: its data draw, initialisation and training randomness. Each seed's run folder is a
-complete `training.toy_world.run` output (`<out>/seed_<k>/`), resumable like it; the study writes `study.json` and
-`study.md` (the README's table) into `<out>`.
+training: its data draw, initialisation and training randomness. The base model's own evaluation conditions (told
+the words, text only) are therefore the same for every seed: they are evaluated once, into `<out>/base_conditions/`.
+Each seed's run folder is a complete `training.toy_world.run` output (`<out>/seed_<k>/`), resumable like it; the
+study writes `study.json` and `study.md` (the README's table) into `<out>`.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from training.sd15 import SDXL
 from .base_model import SHIPPED_BASE, train_base_model
 from .evaluate import (
     ATTRIBUTE_COLUMNS,
+    BASE_CONDITIONS,
     CHANCE_ENTITY_EXACT,
     CHANCE_SUBJECT_FIDELITY,
     CONDITIONS,
     TABLE_COLUMNS,
     TWO_ENTITY_COLUMNS,
+    evaluate_conditions,
 )
-from .run import DEFAULT_THREADS, PRESETS, ToyRunConfig, run
+from .run import DEFAULT_THREADS, PRESETS, ToyRunConfig, run, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +99,6 @@ def study_markdown(summary: dict) -> str:
     )
 
 
-def _worker_init(threads: int) -> None:
-    """A seed's process: its own log lines, tagged with the process, and `threads` torch threads."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(threads)
-
-
 def finished_results(out: str | Path, seeds: tuple[int, ...]) -> dict[int, dict]:
     """{seed: results.json} of seed runs that have finished (`<out>/seed_<k>/eval/results.json`); a missing one is
     an error that names it, so a table is never made from fewer seeds than asked."""
@@ -140,19 +137,25 @@ def study(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, cfg: ToyRunCo
     elif base is None:
         base = SHIPPED_BASE
     per_seed = {}
+    # The base model's own conditions (its prompts, references and noise fixed) are evaluated once for all seeds.
+    shared = out / "base_conditions"
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+        # one more process than seeds at once: it evaluates the shared base conditions while the seeds train
+        with ProcessPoolExecutor(jobs + 1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
                                  initargs=(threads or 1,)) as pool:
-            futures = {seed: pool.submit(run, out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
-                       for seed in seeds}
+            base_job = pool.submit(evaluate_conditions, BASE_CONDITIONS, base, {}, shared, cfg.eval,
+                                   cfg.base.image_size)
+            futures = {seed: pool.submit(run, out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base,
+                                         shared) for seed in seeds}
+            base_job.result()
             per_seed = {seed: future.result() for seed, future in futures.items()}
     else:
         for seed in seeds:
             log.info("seed %d of %s", seed, list(seeds))
-            per_seed[seed] = run(out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base)
+            per_seed[seed] = run(out / f"seed_{seed}", replace(cfg, seed=seed), kosmos_tokenizer, base, shared)
     return _summarize(out, seeds, per_seed)
 
 

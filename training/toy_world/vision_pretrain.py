@@ -20,21 +20,29 @@ subjects instead, the toy ViT read shape as a conjunction with colour: after sta
 
 `pretrain_vision_tower` trains a tower in place and returns its measurements, among them the heads' readings of the
 20 palette subjects' reference pictures, the 5 held-out ones reported apart (`shape_held_out`: did the tower learn
-shape apart from colour?).
+shape apart from colour?). A toy-world run pretrains its own tower (seeded by the run); the demo starts from the one
+shipped in `assets/vision_tower/`, as it starts from the shipped base model, made by
+
+    python -m training.toy_world.vision_pretrain --out training/toy_world/assets/vision_tower   # 2 threads
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kosmos_g_core.config import KosmosGConfig, VisionConfig
 from kosmos_g_core.image import preprocess
 from kosmos_g_core.vision import VisionTransformer
+from training.cli import setup_logging
 
 from .scenes import (
     COLOURS,
@@ -55,6 +63,15 @@ log = logging.getLogger(__name__)
 
 WHITE = (255, 255, 255)
 _SHAPES = list(SHAPES)
+# The shipped pretrained tower: its weights (vision_tower.safetensors) and how it was made (vision_pretrain.json).
+SHIPPED_VISION_TOWER = Path(__file__).resolve().parent / "assets" / "vision_tower"
+WEIGHTS_FILE, RECORD_FILE = "vision_tower.safetensors", "vision_pretrain.json"
+
+
+def toy_vision_config() -> VisionConfig:
+    """The toy KOSMOS-G's vision tower: the tiny preset's with 7 px patches, 4 x 4 patches of the 28 px input
+    instead of 2 x 2, so that a subject's shape is not split over four patch corners."""
+    return replace(KosmosGConfig.tiny().vision, patch_size=7)
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,9 @@ class VisionPretrainConfig:
     @classmethod
     def test(cls) -> VisionPretrainConfig:
         return cls(steps=3, batch_size=8)
+
+
+PRESETS = {"full": VisionPretrainConfig, "test": VisionPretrainConfig.test}
 
 
 def random_colour(rng: random.Random, shape: str, background: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -159,3 +179,56 @@ def pretrain_vision_tower(tower: VisionTransformer, cfg: VisionPretrainConfig, s
     readings = read_palette_subjects(tower, heads)
     log.info("vision tower after pretraining, palette subjects' cut-outs: %s", readings)
     return {"shape_loss": shape_loss.item(), "colour_loss": colour_loss.item(), **readings}
+
+
+def load_pretrained_tower(tower: VisionTransformer, folder: str | Path) -> dict:
+    """Load a pretrained tower's weights (`folder`/vision_tower.safetensors, written by `main`) into `tower`; returns
+    its record (how it was made and what it read)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, record = folder / WEIGHTS_FILE, folder / RECORD_FILE
+    for path in (weights, record):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} holds no pretrained toy vision tower: {path.name} is missing (make one "
+                                    f"with `python -m training.toy_world.vision_pretrain --out {folder}`)")
+    try:
+        tower.load_state_dict(load_file(weights))
+    except RuntimeError as err:
+        raise ValueError(f"{weights} is not a tower of the toy KOSMOS-G's shape ({tower.config}): {err}") from err
+    return json.loads(record.read_text(encoding="utf-8"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.evaluation.report import write_json
+
+    from .run import add_thread_option, set_threads
+
+    parser = argparse.ArgumentParser(prog="python -m training.toy_world.vision_pretrain",
+                                     description="Pretrain the toy KOSMOS-G's vision tower on the wide picture world "
+                                                 "and save it (the demo's shipped tower: --out "
+                                                 "training/toy_world/assets/vision_tower, on 2 threads).")
+    parser.add_argument("--out", required=True, help=f"output folder ({WEIGHTS_FILE} and {RECORD_FILE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pictures and the weights (default 0)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="full: the toy world's pretraining; test: a few steps (default full)")
+    add_thread_option(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    set_threads(args.threads)
+    from safetensors.torch import save_file
+
+    cfg = PRESETS[args.preset]()
+    torch.manual_seed(args.seed)
+    tower = VisionTransformer(toy_vision_config())
+    measured = pretrain_vision_tower(tower, cfg, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, out / WEIGHTS_FILE)
+    write_json({"config": asdict(cfg), "measured": measured, "seed": args.seed, "threads": args.threads,
+                "vision": asdict(tower.config)}, out / RECORD_FILE)
+    log.info("pretrained vision tower saved to %s", out)
+
+
+if __name__ == "__main__":
+    main()
