@@ -35,6 +35,7 @@ from training.cli import setup_logging
 def main(argv: list[str] | None = None) -> None:
     from training.toy_world.base_model import SHIPPED_BASE
     from training.toy_world.run import PRESETS, add_thread_option, run, set_threads
+    from training.toy_world.vision_pretrain import RECORD_FILE, SHIPPED_VISION_TOWER
 
     parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,8 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     use_shipped = not args.train_base and (SHIPPED_BASE / "model_index.json").is_file()
     if not use_shipped:
         logging.getLogger(__name__).warning("no shipped base model at %s: training one first", SHIPPED_BASE)
+    tower = SHIPPED_VISION_TOWER if (SHIPPED_VISION_TOWER / RECORD_FILE).is_file() else None
+    if tower is None:
+        logging.getLogger(__name__).warning("no shipped vision tower at %s: pretraining one first",
+                                            SHIPPED_VISION_TOWER)
     cfg = replace(PRESETS["demo"](), seed=args.seed)
-    run(args.out, cfg, base=SHIPPED_BASE if use_shipped else None)
+    run(args.out, cfg, base=SHIPPED_BASE if use_shipped else None, vision_tower=tower)
     out = Path(args.out) / "eval"
     sys.stdout.write((out / "results.md").read_text(encoding="utf-8"))
     sys.stdout.write(f"\nGrid: {out / 'samples_grid.png'}\nMetrics: {out / 'results.json'}\n")

@@ -32,8 +32,7 @@ from training.stages.semantic_supervision import SemanticConfig
 
 from . import toml_writer
 from .base_model import BaseModelConfig, train_base_model
-from .evaluate import BASE_CONDITIONS, EvalSettings, evaluate_conditions, evaluate_run
-from .scenes import PAIR_PROB
+from .evaluate import EvalSettings, evaluate_run
 from .shards import write_caption_shards, write_compositional_shards, write_kosmos_tokenizer, write_reference_shards
 from .vision_pretrain import VisionPretrainConfig, load_pretrained_tower, pretrain_vision_tower, toy_vision_config
 
@@ -97,13 +96,10 @@ class ToyRunConfig:
 
     @classmethod
     def demo(cls) -> ToyRunConfig:
-        """Shorter stages for `python -m training.demo` (which starts from the shipped base model), one image per
-        (subject, place) pair, and the shared two-subject share in stage 3 (the demo's measured recipe:
-        training/demo.py says its time and numbers). That recipe predates the pretrained vision tower and the longer
-        stage 2, so it is pinned here (a random ViT trained whole in stage 1, 300 alignment steps): a demo with the
-        study's stages 1-2 is not measured yet."""
-        return replace(cls().with_random_vision(), stage1_steps=2000, stage2_steps=300, stage3_steps=1000,
-                       stage3_pair_prob=PAIR_PROB, eval=EvalSettings())
+        """The study's recipe at demo length for `python -m training.demo`, which starts from the shipped base model
+        and the shipped pretrained vision tower: stages of 1,000 / 500 / 1,000 steps, one image per (subject, place)
+        pair and 100 two-subject prompts (training/demo.py says its time and numbers)."""
+        return replace(cls(), stage1_steps=1000, stage2_steps=500, stage3_steps=1000, eval=EvalSettings())
 
     @classmethod
     def smoke(cls) -> ToyRunConfig:
@@ -216,41 +212,14 @@ def invoked_command() -> str:
 
 
 def worker_init(threads: int) -> None:
-    """A helper process of the toy world (a study's seed, an evaluation beside the training): its own log lines,
-    tagged with the process, and `threads` torch threads."""
+    """A helper process of the toy world (a study's seed, its shared base conditions): its own log lines, tagged
+    with the process, and `threads` torch threads."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
 
 
-class EvaluationBeside:
-    """A second process that evaluates conditions while the training goes on (`evaluate.evaluate_conditions`): the
-    base model's as soon as the base is there, the stage-2 model's during stage 3, and after stage 3 the text-only
-    condition while the run generates the image one. One training process at one thread leaves a second core idle;
-    this puts the evaluation there. The numbers are the ones evaluated in order: the process uses the run's thread
-    count, and each condition's noise is seeded on its own."""
-
-    def __init__(self, threads: int):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
-                                        initargs=(threads,))
-        self.futures = []
-
-    def submit(self, names, *args) -> None:
-        log.info("evaluating %s beside the training", ", ".join(names))
-        self.futures.append(self.pool.submit(evaluate_conditions, names, *args))
-
-    def wait(self) -> float:
-        """Seconds the second process spent evaluating, once everything submitted is done (its errors raise here)."""
-        return round(sum(sum(future.result().values()) for future in self.futures), 1)
-
-    def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
-
-
 def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: str | Path | None = None,
-        base: str | Path | None = None, base_conditions: str | Path | None = None, beside: bool = False,
+        base: str | Path | None = None, base_conditions: str | Path | None = None,
         vision_tower: str | Path | None = None) -> dict:
     """The whole pipeline; returns the evaluation results (also in <out>/eval/results.json).
 
@@ -258,20 +227,11 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
     (`python -m training.toy_world.vision_pretrain`) to start from instead of pretraining one; not with a random-ViT
     `cfg` (`vision_pretrain` None), whose stage 1 trains the whole tower. `base_conditions`: the folder of the base
     model's own evaluation conditions, shared by runs on the same base (a study's seeds; default
-    `<out>/eval/conditions`). `beside`: evaluate in a second process while training (`EvaluationBeside`)."""
+    `<out>/eval/conditions`)."""
     if vision_tower is not None and cfg.vision_pretrain is None:
         raise ValueError("a pretrained vision tower was given but this run starts the ViT random (--random-vision): "
                          "choose one")
-    side = EvaluationBeside(torch.get_num_threads()) if beside else None
-    try:
-        return _run(Path(out), cfg, kosmos_tokenizer, base, base_conditions, side, vision_tower)
-    finally:
-        if side is not None:
-            side.close()
-
-
-def _run(out: Path, cfg: ToyRunConfig, kosmos_tokenizer, base, base_conditions, side: EvaluationBeside | None,
-         vision_tower) -> dict:
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.time()
@@ -304,10 +264,6 @@ def _run(out: Path, cfg: ToyRunConfig, kosmos_tokenizer, base, base_conditions, 
             shutil.copytree(base, base_dir)
     elif not (base_dir / "model_index.json").is_file():
         timed("base_model", train_base_model, base_dir, cfg.base, cfg.seed)
-    eval_dir, resolution = out / "eval", cfg.base.image_size
-    base_conditions = Path(base_conditions) if base_conditions is not None else eval_dir / "conditions"
-    if side is not None:  # the base model's own conditions need nothing else: they run during the training
-        side.submit(BASE_CONDITIONS, base_dir, {}, base_conditions, cfg.eval, resolution)
     tok_dir = out / "kosmos_tokenizer"
     if not (tok_dir / "dict.txt").is_file():
         if kosmos_tokenizer:
@@ -335,21 +291,9 @@ def _run(out: Path, cfg: ToyRunConfig, kosmos_tokenizer, base, base_conditions, 
 
     s1 = train("stage1", init, stage1_sources, cfg.stage1_steps, cfg.stage1_lr)
     s2 = train("stage2", s1, [captions], cfg.stage2_steps, cfg.stage2_lr)
-    exports = {"stage2": s2}
-    if side is not None:
-        side.submit(["before_stage3_image"], base_dir, exports, eval_dir / "conditions", cfg.eval, resolution)
     s3 = train("stage3", s2, [compositional, captions], cfg.stage3_steps, cfg.stage3_lr)
-    exports = {"stage2": s2, "stage3": s3}
-
-    def evaluation() -> dict:
-        if side is not None:
-            side.submit(["after_stage3_text"], base_dir, exports, eval_dir / "conditions", cfg.eval, resolution)
-            evaluate_conditions(["after_stage3_image"], base_dir, exports, eval_dir / "conditions", cfg.eval,
-                                resolution)
-            timings["evaluation_beside"] = side.wait()
-        return evaluate_run(base_dir, s2, s3, eval_dir, cfg.eval, resolution, base_conditions)
-
-    results = timed("evaluation", evaluation)
+    results = timed("evaluation", evaluate_run, base_dir, s2, s3, out / "eval", cfg.eval, cfg.base.image_size,
+                    None if base_conditions is None else Path(base_conditions))
     # A resumed run keeps the times of the steps it skipped, so that the total stays that of the whole pipeline.
     timings_path = out / "timings.json"
     earlier = json.loads(timings_path.read_text(encoding="utf-8"))["timings_seconds"] if timings_path.is_file() else {}
@@ -404,9 +348,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision-tower", default=None,
                         help="start from a pretrained vision tower folder (e.g. the shipped "
                              "training/toy_world/assets/vision_tower) instead of pretraining one")
-    parser.add_argument("--beside", action="store_true",
-                        help="evaluate in a second process while training (the demo's way: worth it when the run "
-                             "leaves a core idle, as a one-thread run on two cores does)")
     parser.add_argument("--sdxl", action="store_true",
                         help="KOSMOS-G for SDXL: train an SDXL-shaped toy base (or reuse --base, which must be one) "
                              "and stages 2-3 against it")
@@ -420,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.with_random_vision()
     if args.grounding_weight:
         cfg = cfg.with_grounding(args.grounding_weight)
-    results = run(args.out, cfg, args.kosmos_tokenizer, args.base, beside=args.beside, vision_tower=args.vision_tower)
+    results = run(args.out, cfg, args.kosmos_tokenizer, args.base, vision_tower=args.vision_tower)
     sys.stdout.write((Path(args.out) / "eval" / "results.md").read_text(encoding="utf-8"))
     del results
 
