@@ -4,21 +4,23 @@
 
 What it does: the toy world (docs/evaluation.md) at demo length. The base text-to-image model shipped in
 `training/toy_world/assets/base/` (SD1.5's diffusers classes at toy size, 8 MB in fp16, reproducible with
-`python -m training.toy_world.base_model --out training/toy_world/assets/base --fp16`) stands in for SD1.5; a tiny
-KOSMOS-G is trained from scratch through the real stage 1, 2 and 3 trainer code (2,000 / 300 / 1,000 steps),
-exported in the pack's checkpoint format, loaded back with `kosmos_g_core.load_checkpoint`, and asked for
-"a <i> on the beach" with a reference image of a subject whose colour and shape no caption names. The toy world's
-scorer then reports how often the generated subject has the reference's colour and shape (100 images per
-condition), separately for the subjects KOSMOS-G was trained on and the 5 it never saw, against the text-only prompt
-and the model before stage 3, and how often "a <i> next to a <i> on the beach" gets each subject right on its side
-(100 two-subject prompts).
+`python -m training.toy_world.base_model --out training/toy_world/assets/base --fp16`) stands in for SD1.5, and the
+vision tower shipped in `training/toy_world/assets/vision_tower/` (0.4 MB, `python -m
+training.toy_world.vision_pretrain --out training/toy_world/assets/vision_tower`) for KOSMOS-G's pretrained CLIP; a
+tiny KOSMOS-G is trained from them through the real stage 1, 2 and 3 trainer code (1,000 / 500 / 1,000 steps: the
+3-seed study's recipe at demo length), exported in the pack's checkpoint format, loaded back with
+`kosmos_g_core.load_checkpoint`, and asked for "a <i> on the beach" with a reference image of a subject whose colour
+and shape no caption names. The toy world's scorer then reports how often the generated subject has the reference's
+colour and shape (100 images per condition), separately for the subjects KOSMOS-G was trained on and the 5 it never
+saw, against the text-only prompt and the model before stage 3, and how often "a <i> next to a <i> on the beach"
+gets each subject right on its side (100 two-subject prompts).
 
-How long: 19.7 minutes measured on a 2-core CPU (AMD EPYC Zen 3, otherwise idle but for a minute of tests): stage 1
-5.5 min, stage 3 9.0 min, the evaluation 3.6 min. That is over the 10 minutes we aim for; the 8 x 8 base model makes
-stage 3 and the evaluation about 2-3 times what they cost on the first one. It always uses 2 threads (--threads N
-to change): the numbers are reproducible only at a fixed thread count, so a busy machine makes the demo slower, never
-different. Without the shipped base model (or with --train-base) the demo trains one first (48 minutes measured with
-other jobs on the cores, about 15 idle). An interrupted demo continues where it stopped when run again.
+How long: 8.1 minutes measured on a 2-core CPU (AMD EPYC Zen 4, otherwise idle): stage 1 58 s, stage 2 52 s,
+stage 3 274 s, the evaluation 94 s. It always uses 2 threads (--threads N to change): the numbers are reproducible
+only at a fixed thread count, so a busy machine makes the demo slower, never different. Without the shipped base
+model (or with --train-base) the demo trains one first (48 minutes measured with other jobs on the cores, about 15
+idle); without the shipped vision tower it pretrains one (75 s). An interrupted demo continues where it stopped when
+run again.
 """
 
 from __future__ import annotations

@@ -49,11 +49,17 @@ def demo_parser_defaults():
 
 
 def test_the_demo_runs_the_recipe_its_numbers_were_measured_with():
-    """The documented demo time and scores are those of 2,000 / 300 / 1,000 steps with a random ViT trained whole in
-    stage 1: the study's later recipe (pretrained ViT, 3,000 alignment steps) must not change the demo silently."""
+    """The documented demo time and scores are those of the study's recipe (pretrained vision tower, half two-subject
+    scenes in stage 3) at 1,000 / 500 / 1,000 steps with 100 + 100 prompts per condition: a change of the study's
+    recipe must not change the demo silently."""
+    from training.toy_world.evaluate import EvalSettings
     from training.toy_world.run import ToyRunConfig
+    from training.toy_world.vision_pretrain import VisionPretrainConfig
 
     cfg = ToyRunConfig.demo()
-    assert (cfg.stage1_steps, cfg.stage2_steps, cfg.stage3_steps) == (2000, 300, 1000)
-    assert cfg.vision_pretrain is None and "img_model." in cfg.stage1_trainable
-    assert "2,000 / 300 / 1,000 steps" in demo.__doc__
+    assert (cfg.stage1_steps, cfg.stage2_steps, cfg.stage3_steps) == (1000, 500, 1000)
+    assert cfg.vision_pretrain == VisionPretrainConfig() and cfg.stage1_trainable == ()
+    assert (cfg.stage1_lr, cfg.stage2_lr, cfg.stage3_lr, cfg.stage3_pair_prob, cfg.batch_size) == (1e-3, 1e-3, 1e-4,
+                                                                                                  0.5, 16)
+    assert cfg.eval == EvalSettings() and (cfg.eval.repeats, cfg.eval.two_entity, cfg.eval.steps) == (1, 100, 25)
+    assert "1,000 / 500 / 1,000 steps" in demo.__doc__ and "assets/vision_tower" in demo.__doc__
