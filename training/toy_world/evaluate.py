@@ -318,8 +318,8 @@ def evaluate_conditions(names: list[str] | tuple[str, ...], base_dir: Path, expo
                         settings: EvalSettings = EvalSettings(), resolution: int = 32) -> dict[str, float]:
     """Generate and score each condition of `names` into `folder/<name>.pt` (its images as uint8, its scores, its
     fingerprint), skipping those already there with the same fingerprint (`condition_fingerprint`); `exports` maps
-    "stage2" / "stage3" to the KOSMOS-G exports the conditions read. Any process can run it: `evaluate_run`, a run's
-    evaluation beside its training, a study's shared base conditions. Returns the seconds each computed one took."""
+    "stage2" / "stage3" to the KOSMOS-G exports the conditions read. Any process can run it: `evaluate_run`, or a
+    study's job for its shared base conditions. Returns the seconds each computed one took."""
     folder.mkdir(parents=True, exist_ok=True)
     models = _Models(base_dir, exports)
     pairs, singles, doubles = _cases(settings)
@@ -354,9 +354,9 @@ def evaluate_conditions(names: list[str] | tuple[str, ...], base_dir: Path, expo
 def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_dir: Path,
                  settings: EvalSettings = EvalSettings(), resolution: int = 32,
                  base_conditions: Path | None = None) -> dict:
-    """Every condition (those already evaluated, e.g. beside the training, are read back), then results.json,
-    results.md and the figures in `out_dir`. The conditions live in `out_dir/conditions/`, the base model's own in
-    `base_conditions` when given: a folder shared by runs on the same base, as a study's seeds are."""
+    """Every condition (those already evaluated, by an earlier run or a study's shared job, are read back), then
+    results.json, results.md and the figures in `out_dir`. The conditions live in `out_dir/conditions/`, the base
+    model's own in `base_conditions` when given: a folder shared by runs on the same base, as a study's seeds are."""
     out_dir.mkdir(parents=True, exist_ok=True)
     exports = {"stage2": Path(stage2_export), "stage3": Path(stage3_export)}
     folders = {name: base_conditions if base_conditions is not None and CONDITION_MODEL[name] == "base"
