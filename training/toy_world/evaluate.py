@@ -315,22 +315,23 @@ def _load_condition(path: Path, fingerprint: str) -> dict | None:
 
 
 def evaluate_conditions(names: list[str] | tuple[str, ...], base_dir: Path, exports: dict[str, Path], folder: Path,
-                        settings: EvalSettings = EvalSettings(), resolution: int = 32) -> dict[str, float]:
+                        settings: EvalSettings = EvalSettings(), resolution: int = 32) -> dict[str, dict]:
     """Generate and score each condition of `names` into `folder/<name>.pt` (its images as uint8, its scores, its
     fingerprint), skipping those already there with the same fingerprint (`condition_fingerprint`); `exports` maps
     "stage2" / "stage3" to the KOSMOS-G exports the conditions read. Any process can run it: `evaluate_run`, or a
-    study's job for its shared base conditions. Returns the seconds each computed one took."""
+    study's job for its shared base conditions. Returns {name: what is saved for it}."""
     folder.mkdir(parents=True, exist_ok=True)
     models = _Models(base_dir, exports)
     pairs, singles, doubles = _cases(settings)
     subjects, places = [s for s, _ in pairs], [p for _, p in pairs]
-    seconds = {}
+    saved = {}
     for name in names:
         kind = CONDITION_MODEL[name]
         path = folder / f"{name}.pt"
         fingerprint = condition_fingerprint(name, base_dir, None if kind == "base" else exports[kind], settings,
                                             resolution)
-        if _load_condition(path, fingerprint) is not None:
+        saved[name] = _load_condition(path, fingerprint)
+        if saved[name] is not None:
             log.info("%s: already evaluated in %s", name, path)
             continue
         start = time.time()
@@ -344,11 +345,12 @@ def evaluate_conditions(names: list[str] | tuple[str, ...], base_dir: Path, expo
             pair_scores = two_entity_scores(pair_images, doubles)
             log.info("two entities, %s: %s", name, pair_scores)
         partial = path.with_suffix(".pt.partial")  # renamed when complete: a killed run never leaves half a file
-        torch.save({"fingerprint": fingerprint, "images": _as_array(images), "scores": scores,
-                    "pair_images": _as_array(pair_images), "pair_scores": pair_scores}, partial)
+        saved[name] = {"fingerprint": fingerprint, "images": _as_array(images), "scores": scores,
+                       "pair_images": _as_array(pair_images), "pair_scores": pair_scores}
+        torch.save(saved[name], partial)
         os.replace(partial, path)
-        seconds[name] = round(time.time() - start, 1)
-    return seconds
+        log.info("%s evaluated in %.0fs", name, time.time() - start)
+    return saved
 
 
 def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_dir: Path,
@@ -361,19 +363,16 @@ def evaluate_run(base_dir: Path, stage2_export: Path, stage3_export: Path, out_d
     exports = {"stage2": Path(stage2_export), "stage3": Path(stage3_export)}
     folders = {name: base_conditions if base_conditions is not None and CONDITION_MODEL[name] == "base"
                else out_dir / "conditions" for name in CONDITIONS}
+    saved = {}
     for folder in dict.fromkeys(folders.values()):
-        evaluate_conditions([n for n in CONDITIONS if folders[n] == folder], base_dir, exports, folder, settings,
-                            resolution)
+        saved |= evaluate_conditions([n for n in CONDITIONS if folders[n] == folder], base_dir, exports, folder,
+                                     settings, resolution)
     pairs, _, doubles = _cases(settings)
     scores, images, pair_scores, pair_images = {}, {}, {}, {}
     for name in CONDITIONS:
-        kind = CONDITION_MODEL[name]
-        fingerprint = condition_fingerprint(name, base_dir, None if kind == "base" else exports[kind], settings,
-                                            resolution)
-        saved = _load_condition(folders[name] / f"{name}.pt", fingerprint)
-        scores[name], images[name] = saved["scores"], _as_images(saved["images"])
+        scores[name], images[name] = saved[name]["scores"], _as_images(saved[name]["images"])
         if doubles:
-            pair_scores[name], pair_images[name] = saved["pair_scores"], _as_images(saved["pair_images"])
+            pair_scores[name], pair_images[name] = saved[name]["pair_scores"], _as_images(saved[name]["pair_images"])
     models = _Models(base_dir, exports)
     text, model2, model3 = models.text, models.kosmos("stage2"), models.kosmos("stage3")
     results = {
