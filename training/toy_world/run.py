@@ -318,10 +318,22 @@ def add_thread_option(parser: argparse.ArgumentParser) -> None:
                              "count; the choice is logged)")
 
 
-def add_vision_option(parser: argparse.ArgumentParser) -> None:
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """The recipe variants that `run` and `study` both offer; `apply_recipe_options` applies them."""
     parser.add_argument("--random-vision", action="store_true",
                         help="start the ViT random and train all of it in stage 1, as the studies before vision "
                              "pretraining did (default: pretrain it on the wide picture world, vision_pretrain.py)")
+    parser.add_argument("--stage1-off-palette", type=float, default=None, metavar="P",
+                        help="share of stage-1 reference pictures showing a seen shape in a colour outside the "
+                             f"palette, captioned by its shape (default {ToyRunConfig.stage1_off_palette})")
+
+
+def apply_recipe_options(cfg: ToyRunConfig, args: argparse.Namespace) -> ToyRunConfig:
+    if args.stage1_off_palette is not None:
+        if not 0.0 <= args.stage1_off_palette <= 1.0:
+            raise SystemExit(f"--stage1-off-palette must be a share in [0, 1], got {args.stage1_off_palette}")
+        cfg = replace(cfg, stage1_off_palette=args.stage1_off_palette)
+    return cfg.with_random_vision() if args.random_vision else cfg
 
 
 def set_threads(threads: int) -> None:
@@ -339,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                              "(about a minute) (default full)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the models and the evaluation (default 0)")
     add_thread_option(parser)
-    add_vision_option(parser)
+    add_recipe_options(parser)
     parser.add_argument("--grounding-weight", type=float, default=0.0,
                         help="stage 3 with the attention grounding loss at this weight, on the 8 x 8 maps (default 0: "
                              "plain stage 3)")
@@ -358,8 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = replace(PRESETS[args.preset](), seed=args.seed)
     if args.sdxl:
         cfg = cfg.in_sdxl()
-    if args.random_vision:
-        cfg = cfg.with_random_vision()
+    cfg = apply_recipe_options(cfg, args)
     if args.grounding_weight:
         cfg = cfg.with_grounding(args.grounding_weight)
     results = run(args.out, cfg, args.kosmos_tokenizer, args.base, vision_tower=args.vision_tower)

@@ -179,7 +179,7 @@ def _summarize(out: Path, seeds: tuple[int, ...], per_seed: dict[int, dict]) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .run import add_thread_option, add_vision_option, set_threads
+    from .run import add_recipe_options, add_thread_option, apply_recipe_options, set_threads
 
     parser = argparse.ArgumentParser(prog="python -m training.toy_world.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/toy_study", help="output folder (default runs/toy_study)")
@@ -195,16 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summarize", action="store_true",
                         help="train nothing: make the table from the seeds' finished runs in --out")
     add_thread_option(parser)
-    add_vision_option(parser)
+    add_recipe_options(parser)
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at once, each in its own process with --threads threads (default 1: one "
                              "after the other; --jobs 3 --threads 1 on a 2-core CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
-    cfg = PRESETS[args.preset]()
-    if args.random_vision:
-        cfg = cfg.with_random_vision()
+    cfg = apply_recipe_options(PRESETS[args.preset](), args)
     summary = study(args.out, tuple(args.seeds), cfg.in_sdxl() if args.sdxl else cfg, args.base, jobs=args.jobs,
                     threads=args.threads, summarize_only=args.summarize)
     sys.stdout.write(study_markdown(summary))
