@@ -132,3 +132,21 @@ def test_a_run_records_the_command_that_started_it(monkeypatch):
     assert invoked_command() == "python -m training.toy_world.study --out o --jobs 3"
     monkeypatch.setattr("sys.argv", ["/x/y/training/demo.py"])
     assert invoked_command() == "python -m training.demo"
+
+
+def test_run_and_study_offer_the_same_recipe_options():
+    """`--stage1-off-palette` and `--random-vision` mean the same in `run` and `study`; a share outside [0, 1] is
+    refused with the option's name, and leaving the options out keeps the default recipe."""
+    import argparse
+
+    import pytest
+
+    from training.toy_world.run import ToyRunConfig, add_recipe_options, apply_recipe_options
+
+    parser = argparse.ArgumentParser()
+    add_recipe_options(parser)
+    assert apply_recipe_options(ToyRunConfig(), parser.parse_args([])) == ToyRunConfig()
+    cfg = apply_recipe_options(ToyRunConfig(), parser.parse_args(["--stage1-off-palette", "0.5", "--random-vision"]))
+    assert cfg == ToyRunConfig(stage1_off_palette=0.5).with_random_vision()
+    with pytest.raises(SystemExit, match="--stage1-off-palette"):
+        apply_recipe_options(ToyRunConfig(), parser.parse_args(["--stage1-off-palette", "1.5"]))
