@@ -22,16 +22,17 @@ def _required(folder: Path, names: tuple[str, ...], what: str) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_torch_thread():
     """Every model in the tests is tiny: intra-op threads only wait for each other (measured up to 50x slower with
-    2 threads on a busy 2-core machine). Subprocesses (torchrun, ComfyUI) set their own."""
+    2 threads on a busy 2-core machine). Subprocesses (torchrun, ComfyUI) set their own. Set again after every test,
+    because some call the toy world's `set_threads`: a test process left with an OpenMP pool of more than one thread
+    makes the forked DDP ranks of the next tests (test_train_distributed.py) hang in their first parallel region."""
     import torch
 
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

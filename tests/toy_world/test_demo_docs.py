@@ -59,6 +59,7 @@ def test_the_demo_runs_the_recipe_its_numbers_were_measured_with():
     cfg = ToyRunConfig.demo()
     assert (cfg.stage1_steps, cfg.stage2_steps, cfg.stage3_steps) == (1000, 500, 1000)
     assert cfg.vision_pretrain == VisionPretrainConfig() and cfg.stage1_trainable == ()
+    assert (cfg.stage1_off_palette, cfg.stage1_single_attribute) == (0.5, False)
     assert (cfg.stage1_lr, cfg.stage2_lr, cfg.stage3_lr, cfg.stage3_pair_prob, cfg.batch_size) == (1e-3, 1e-3, 1e-4,
                                                                                                   0.5, 16)
     assert cfg.eval == EvalSettings() and (cfg.eval.repeats, cfg.eval.two_entity, cfg.eval.steps) == (1, 100, 25)

@@ -138,6 +138,7 @@ def test_run_and_study_offer_the_same_recipe_options():
     """`--stage1-off-palette` and `--random-vision` mean the same in `run` and `study`; a share outside [0, 1] is
     refused with the option's name, and leaving the options out keeps the default recipe."""
     import argparse
+    from dataclasses import replace
 
     import pytest
 
@@ -146,7 +147,11 @@ def test_run_and_study_offer_the_same_recipe_options():
     parser = argparse.ArgumentParser()
     add_recipe_options(parser)
     assert apply_recipe_options(ToyRunConfig(), parser.parse_args([])) == ToyRunConfig()
-    cfg = apply_recipe_options(ToyRunConfig(), parser.parse_args(["--stage1-off-palette", "0.5", "--random-vision"]))
-    assert cfg == ToyRunConfig(stage1_off_palette=0.5).with_random_vision()
+    assert apply_recipe_options(ToyRunConfig(), parser.parse_args(["--stage1-off-palette", "0"])) == ToyRunConfig(
+        stage1_off_palette=0.0)
+    # --random-vision is the studies before vision pretraining (no off-palette pictures) unless told otherwise
+    assert apply_recipe_options(ToyRunConfig(), parser.parse_args(["--random-vision"])).stage1_off_palette == 0.0
+    cfg = apply_recipe_options(ToyRunConfig(), parser.parse_args(["--stage1-off-palette", "0.3", "--random-vision"]))
+    assert cfg == replace(ToyRunConfig().with_random_vision(), stage1_off_palette=0.3)
     with pytest.raises(SystemExit, match="--stage1-off-palette"):
         apply_recipe_options(ToyRunConfig(), parser.parse_args(["--stage1-off-palette", "1.5"]))
