@@ -41,16 +41,17 @@ def test_smoke_run_end_to_end(tmp_path):
     assert {"base_model", "init", "stage1", "stage2", "stage3", "evaluation", "total"} <= set(timings)
 
     # Run again on the same folder: every step is skipped, the evaluation reads back its conditions (each evaluated
-    # once, its file untouched), and the skipped steps keep their times.
+    # once, its file untouched) and scores them again.
     conditions = tmp_path / "eval" / "conditions"
     saved_at = {p.name: p.stat().st_mtime_ns for p in conditions.iterdir()}
     assert sorted(saved_at) == sorted(f"{name}.pt" for name in results["conditions"])
+    record = (tmp_path / "timings.json").read_text()
     again = run(tmp_path, ToyRunConfig.smoke())
     assert again["conditions"] == results["conditions"]
     assert {p.name: p.stat().st_mtime_ns for p in conditions.iterdir()} == saved_at
-    resumed = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
-    assert all(resumed[k] == timings[k] for k in ("data", "base_model", "stage1", "stage2", "stage3"))
-    assert resumed["total"] >= sum(timings[k] for k in ("base_model", "stage1", "stage2", "stage3"))
+    # Nothing trained or generated (a re-scoring): the record of the run that did is kept as it was.
+    assert again["generated_conditions"] == [] and len(results["generated_conditions"]) == 5
+    assert (tmp_path / "timings.json").read_text() == record
 
     # Evaluated again from nothing, the base model's conditions in a folder of their own (a study's, shared by its
     # seeds): the same numbers.
@@ -61,6 +62,10 @@ def test_smoke_run_end_to_end(tmp_path):
         assert json.dumps(apart[section], sort_keys=True) == json.dumps(results[section], sort_keys=True)
     assert sorted(p.name for p in shared.iterdir()) == ["base_text.pt", "base_text_described.pt"]
     assert len(list(conditions.iterdir())) == 3
+    # That evaluation ran, so the record is rewritten, and the skipped steps keep their times.
+    resumed = json.loads((tmp_path / "timings.json").read_text())["timings_seconds"]
+    assert all(resumed[k] == timings[k] for k in ("data", "base_model", "stage1", "stage2", "stage3"))
+    assert resumed["total"] >= sum(timings[k] for k in ("base_model", "stage1", "stage2", "stage3"))
 
     # The diagnostics read the same run folder: every stage export, attribute choice a share of the 20 subjects (and
     # of the 5 held-out ones).

@@ -121,12 +121,15 @@ def test_score_images_known_values():
     subj = Subject("disc", "red")
     good = render(Scene(subj, "on the beach", 0.5, 0.5))
     wrong_shape = render(Scene(Subject("square", "red"), "on the beach", 0.5, 0.5))
+    wrong_colour = render(Scene(Subject("disc", "cyan"), "on the beach", 0.5, 0.5))
     empty = Image.new("RGB", (32, 32), PLACES["in the snow"])
-    s = score_images([good, wrong_shape, empty], [subj] * 3, ["on the beach"] * 3)
-    assert s.colour_accuracy == pytest.approx(2 / 3)
-    assert s.shape_accuracy == pytest.approx(1 / 3)
+    s = score_images([good, wrong_shape, wrong_colour, empty], [subj] * 4, ["on the beach"] * 4)
+    assert s.colour_accuracy == pytest.approx(2 / 4)
+    assert s.shape_accuracy == pytest.approx(2 / 4)
     assert s.subject_fidelity == pytest.approx(0.5)
-    assert s.text_fidelity == pytest.approx(2 / 3)
+    # one image has both right: a wrong shape and a wrong colour make fidelity 0.5 but are not the subject
+    assert s.subject_exact == pytest.approx(1 / 4)
+    assert s.text_fidelity == pytest.approx(3 / 4)
     with pytest.raises(ValueError, match="equal"):
         score_images([good], [], [])
 
@@ -256,6 +259,7 @@ def test_control_subject_shares_no_attribute_and_scores_are_split():
     assert (scores["seen_images"], scores["held_out_images"]) == (15, 5)
     assert scores["unrelated_subject_fidelity"] == 0.0
     assert scores["held_out_colour_accuracy"] == scores["seen_shape_accuracy"] == 1.0
+    assert scores["seen_subject_exact"] == scores["held_out_subject_exact"] == 1.0
 
 
 def test_study_reports_mean_and_standard_error():

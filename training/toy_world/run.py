@@ -299,9 +299,16 @@ def run(out: str | Path, cfg: ToyRunConfig = ToyRunConfig(), kosmos_tokenizer: s
     s3 = train("stage3", s2, [compositional, captions], cfg.stage3_steps, cfg.stage3_lr)
     results = timed("evaluation", evaluate_run, base_dir, s2, s3, out / "eval", cfg.eval, cfg.base.image_size,
                     None if base_conditions is None else Path(base_conditions))
-    # A resumed run keeps the times of the steps it skipped, so that the total stays that of the whole pipeline.
+    # A resumed run keeps the times of the steps it skipped, so that the total stays that of the whole pipeline; an
+    # evaluation that generated nothing (every condition read back and scored again) counts as skipped, and a run
+    # that did nothing else leaves the record (times, command, threads) of the runs that did.
     timings_path = out / "timings.json"
     earlier = json.loads(timings_path.read_text(encoding="utf-8"))["timings_seconds"] if timings_path.is_file() else {}
+    if not results["generated_conditions"] and "evaluation" in earlier:
+        del timings["evaluation"]
+        if not timings:
+            log.info("nothing trained or generated: %s keeps the earlier runs' record", timings_path)
+            return results
     skipped = {k: v for k, v in earlier.items() if k not in timings and k != "total"}
     timings = skipped | timings | {"total": round(time.time() - t_all + sum(skipped.values()), 1)}
     write_json({"timings_seconds": timings, "config": asdict(cfg), "base_kind": base_kind(base_dir),

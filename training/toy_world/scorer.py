@@ -99,14 +99,16 @@ def read_pair(image: Image.Image) -> tuple[Reading, Reading]:
 @dataclass(frozen=True)
 class Scores:
     subject_fidelity: float  # mean of colour and shape accuracy
+    subject_exact: float  # share of images with colour and shape both right (a colour copied onto a seen shape: 0)
     colour_accuracy: float
     shape_accuracy: float
     text_fidelity: float  # place accuracy
     count: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"subject_fidelity": self.subject_fidelity, "colour_accuracy": self.colour_accuracy,
-                "shape_accuracy": self.shape_accuracy, "text_fidelity": self.text_fidelity, "images": self.count}
+        return {"subject_fidelity": self.subject_fidelity, "subject_exact": self.subject_exact,
+                "colour_accuracy": self.colour_accuracy, "shape_accuracy": self.shape_accuracy,
+                "text_fidelity": self.text_fidelity, "images": self.count}
 
 
 def score_images(images: Sequence[Image.Image], subjects: Sequence[Subject], places: Sequence[str]) -> Scores:
@@ -114,14 +116,15 @@ def score_images(images: Sequence[Image.Image], subjects: Sequence[Subject], pla
     if not (len(images) == len(subjects) == len(places)) or not images:
         raise ValueError(f"need equal, non-zero counts: {len(images)} images, {len(subjects)} subjects, "
                          f"{len(places)} places")
-    colour = shape = place = 0
+    colour = shape = exact = place = 0
     for img, subj, pl in zip(images, subjects, places, strict=True):
         r = read_image(img)
         colour += r.colour == subj.colour
         shape += r.shape == subj.shape
+        exact += r.colour == subj.colour and r.shape == subj.shape
         place += r.place == pl
     n = len(images)
-    return Scores((colour + shape) / (2 * n), colour / n, shape / n, place / n, n)
+    return Scores((colour + shape) / (2 * n), exact / n, colour / n, shape / n, place / n, n)
 
 
 @dataclass(frozen=True)

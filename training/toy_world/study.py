@@ -81,7 +81,8 @@ def _table(summary: dict, metrics: list[str], section: str = "table") -> list[st
 
 def study_markdown(summary: dict) -> str:
     lines = _table(summary, [c for c in TABLE_COLUMNS if not c.endswith("images")])
-    lines += ["", "By attribute, seen and held-out subjects:", ""] + _table(summary, ATTRIBUTE_COLUMNS)
+    lines += ["", "By attribute, seen and held-out subjects (`subject_exact`: colour and shape both right, chance "
+              f"{CHANCE_ENTITY_EXACT:.3f}):", ""] + _table(summary, ATTRIBUTE_COLUMNS)
     if summary.get("two_entity"):
         lines += ["", f"Two entities, \"a <i> next to a <i> on the beach\" ({summary['images_per_condition']['two_entity']} "
                   "prompts per seed and condition; a subject counts when exactly right on its own side, chance "
