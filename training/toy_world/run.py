@@ -60,8 +60,9 @@ class ToyRunConfig:
     # alone ("a round toy", scenes.OFF_PALETTE_DISTANCE): the 15 seen colour-shape pairs no longer suffice to name a
     # shape, so the MLLM and the connector learn to read it apart from the colour, as the pretrained tower has it.
     # Chosen on stage 1 alone (seed 0, `diagnose`: the MLLM names 4 of the 5 held-out shapes after stage 1, against 1
-    # with none of these pictures), carried through one run of seed 0, then measured over 3 seeds against the study
-    # without it (docs/evaluation.md: held-out shape 0.527 against 0.213, two entities 0.370 against 0.309). It needs
+    # with none of these pictures; so the held-out subjects informed this one choice, though no model sees them),
+    # carried through one run of seed 0, then measured over 3 seeds against the study without it and on 3 fresh
+    # seeds (docs/evaluation.md: held-out shape 0.527 against 0.213, two entities 0.370 against 0.309). It needs
     # the pretrained tower: with the ViT trained from scratch it read no held-out shape and halved the shape reading
     # of every subject. The other variant, captions naming one attribute at a time ("a red toy", "a round toy"), read
     # 1 of 5 held-out shapes on the pretrained tower, as the default captions do; it stays off.
