@@ -341,6 +341,8 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_recipe_options(cfg: ToyRunConfig, args: argparse.Namespace) -> ToyRunConfig:
+    """`cfg` with the options of `add_recipe_options` applied: --random-vision first (it turns the off-palette
+    pictures off), then an explicit --stage1-off-palette share, refused outside [0, 1]."""
     cfg = cfg.with_random_vision() if args.random_vision else cfg
     if args.stage1_off_palette is not None:
         if not 0.0 <= args.stage1_off_palette <= 1.0:
